@@ -1,0 +1,5 @@
+"""Allow `python -m colonet`."""
+
+from colonet.cli import main
+
+raise SystemExit(main())

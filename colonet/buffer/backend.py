@@ -1,0 +1,44 @@
+"""The narrow interface every buffer backend implements.
+
+A backend owns the kernel side of one filter: it steers a netdev's guest
+output to colonet, hands each packet to `deliver` as it arrives, and later
+lets packets go on (`release`) or destroys them (`drop`). The epoch
+bookkeeping is not here; it lives in `EpochQueue`, shared by all backends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+# deliver(packet handle, size in bytes)
+Deliver = Callable[[object, int], None]
+
+
+class Backend(Protocol):
+    name: str
+
+    def start(self, deliver: Deliver) -> None:
+        """Install kernel state; from now on guest output goes to `deliver`."""
+
+    def fileno(self) -> int:
+        """An fd that becomes readable when packets are waiting."""
+
+    def poll(self) -> None:
+        """Deliver whatever is ready now, without blocking."""
+
+    def drain(self) -> None:
+        """Deliver every packet the kernel already holds for this netdev.
+
+        This is the epoch barrier (DESIGN invariant 4): after it returns,
+        nothing emitted before the call is still on its way to `deliver`.
+        """
+
+    def release(self, packets: Sequence[object]) -> None:
+        """Let `packets` go on, in the given (arrival) order."""
+
+    def drop(self, packets: Sequence[object]) -> None:
+        """Destroy `packets`; they never leave the host."""
+
+    def stop(self) -> None:
+        """Remove everything `start` installed; packets still held are dropped."""

@@ -1,0 +1,152 @@
+"""One filter per netdev of a guest, driven together through the hooks.
+
+The checkpoint engine, the CLI and the control socket all use exactly these
+operations: `begin_checkpoint()`, `commit(n)` and `failover(role)`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from colonet.buffer.epoch_queue import BufferLimits, EpochError
+from colonet.buffer.filter import FailoverRole, Filter
+from colonet.buffer.nfqueue import NfqueueBackend, NfqueueConfig
+from colonet.errors import UsageError
+from colonet.net.links import describe_netdev
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("nfqueue",)
+
+
+class FilterSet:
+    def __init__(self, filters: Sequence[Filter]) -> None:
+        if not filters:
+            raise UsageError("a filter set needs at least one netdev")
+        self.filters = list(filters)
+
+    @classmethod
+    def attach(
+        cls,
+        netdevs: Sequence[str],
+        *,
+        backend: str = "nfqueue",
+        limits: BufferLimits | None = None,
+        nfqueue_config: NfqueueConfig | None = None,
+        on_high_water: Callable[[str], None] | None = None,
+    ) -> FilterSet:
+        """Build and start one filter per netdev; all or none are attached.
+
+        Every netdev is looked up before anything is installed, so a typo
+        in the last name changes nothing on the host.
+        """
+        if backend not in BACKENDS:
+            raise UsageError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+        duplicates = {n for n in netdevs if list(netdevs).count(n) > 1}
+        if duplicates:
+            raise UsageError(f"netdev named more than once: {', '.join(sorted(duplicates))}")
+        limits = limits or BufferLimits()
+        infos = [describe_netdev(name) for name in netdevs]
+        filters = [
+            Filter(
+                info.name,
+                NfqueueBackend(info, limits.max_held_packets, nfqueue_config),
+                limits,
+                on_high_water,
+            )
+            for info in infos
+        ]
+        started: list[Filter] = []
+        try:
+            for f in filters:
+                f.start()
+                started.append(f)
+        except BaseException:
+            for f in reversed(started):
+                f.stop()
+            raise
+        return cls(filters)
+
+    # -- the hooks --------------------------------------------------------
+
+    @property
+    def open_epoch(self) -> int:
+        return self.filters[0].queue.open_epoch
+
+    @property
+    def last_sealed(self) -> int:
+        return self.filters[0].queue.last_sealed
+
+    def begin_checkpoint(self) -> int:
+        """Drain every netdev, then seal the open epoch on all of them.
+
+        All drains come before any seal so that no netdev's epoch N closes
+        while another still has epoch-N packets in flight.
+        """
+        for f in self.filters:
+            f._require_buffering("seal an epoch")
+        for f in self.filters:
+            f.backend.drain()
+        sealed = {f.queue.seal() for f in self.filters}
+        if len(sealed) != 1:
+            raise RuntimeError(f"filters sealed different epochs: {sorted(sealed)}")
+        epoch = sealed.pop()
+        log.info("sealed epoch %d on %d netdev(s)", epoch, len(self.filters))
+        return epoch
+
+    def commit(self, upto: int | None = None) -> tuple[int, int]:
+        """Release sealed epochs up to `upto` (default: all sealed).
+
+        Returns (epoch committed up to, packets released). The epoch is
+        checked against every filter before any packet moves.
+        """
+        for f in self.filters:
+            f._require_buffering("commit")
+        last = self.last_sealed
+        if upto is None:
+            upto = last
+        if upto < 1 and last:
+            raise EpochError(f"epoch {upto} does not exist: epochs are numbered from 1")
+        if upto > last:
+            sealed = f"sealed epochs go up to {last}" if last else "no epoch is sealed yet"
+            raise EpochError(f"epoch {upto} does not exist or is not sealed: {sealed}")
+        released = sum(f.commit(upto) for f in self.filters) if upto else 0
+        log.info("committed epoch %d: released %d packet(s)", upto, released)
+        return upto, released
+
+    def failover(self, role: FailoverRole | str) -> int:
+        role = FailoverRole(role)
+        for f in self.filters:
+            f._require_buffering(f"fail over as {role.value}")
+        settled = sum(f.failover(role) for f in self.filters)
+        verb = "released" if role is FailoverRole.PRIMARY else "discarded"
+        log.warning(
+            "failover as %s: %s %d held packet(s), buffering stopped", role.value, verb, settled
+        )
+        return settled
+
+    def stop(self) -> None:
+        errors = []
+        for f in self.filters:
+            try:
+                f.stop()
+            except Exception as exc:  # keep removing the others
+                errors.append(f"{f.netdev}: {exc}")
+        if errors:
+            raise UsageError("stopping filters: " + "; ".join(errors))
+
+    # -- event loop glue --------------------------------------------------
+
+    def fds(self) -> dict[int, Filter]:
+        return {f.backend.fileno(): f for f in self.filters if f.state.value == "buffering"}
+
+    def status(self) -> dict[str, Any]:
+        netdevs = [f.status() for f in self.filters]
+        return {
+            "open_epoch": self.open_epoch,
+            "last_sealed": self.last_sealed,
+            "last_released": min(n["last_released"] for n in netdevs),
+            "netdevs": netdevs,
+        }

@@ -1,0 +1,64 @@
+"""`colonet filter run`: attach filters, serve the control socket, detach."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from colonet.buffer.epoch_queue import BufferLimitError, BufferLimits
+from colonet.buffer.filter_set import FilterSet
+from colonet.buffer.nfqueue import NfqueueConfig
+from colonet.control.server import claim_socket_path
+from colonet.errors import UsageError
+from colonet.filter_daemon import FilterDaemon
+from colonet.net.privilege import require_net_admin
+
+log = logging.getLogger(__name__)
+
+
+def run_filters(args: argparse.Namespace) -> int:
+    try:
+        limits = BufferLimits(
+            max_held_packets=args.max_packets,
+            max_held_bytes=args.max_bytes,
+            high_water_ratio=args.high_water,
+        )
+    except BufferLimitError as exc:
+        raise UsageError(str(exc)) from None
+    require_net_admin("colonet filter run")
+    # Refuse a taken socket path before anything is installed.
+    claim_socket_path(args.socket)
+    daemon: FilterDaemon | None = None
+    filters = FilterSet.attach(
+        args.netdev,
+        backend=args.backend,
+        limits=limits,
+        nfqueue_config=NfqueueConfig(batch_verdicts=not args.no_batch_verdict),
+        on_high_water=lambda netdev: daemon.on_high_water(netdev) if daemon else None,
+    )
+    daemon = FilterDaemon(filters, args.socket)
+    try:
+        daemon.open()
+        ready = {
+            "event": "ready",
+            "socket": args.socket,
+            "netdevs": args.netdev,
+            "backend": args.backend,
+        }
+        print(
+            json.dumps(ready)
+            if args.json
+            else f"colonet: buffering {', '.join(args.netdev)} ({args.backend}); "
+            f"control socket {args.socket}",
+            flush=True,
+        )
+        daemon.run()
+    finally:
+        daemon.close()
+    final = daemon.status()
+    if args.json:
+        print(json.dumps({"event": "stopped", "status": final}), flush=True)
+    else:
+        print("colonet: filters removed", flush=True)
+    return 0

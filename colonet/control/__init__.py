@@ -1,0 +1,1 @@
+"""The JSON-lines control socket: protocol (pure), server and client."""

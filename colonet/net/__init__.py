@@ -1,0 +1,1 @@
+"""Network namespace, link and capability helpers (pyroute2)."""

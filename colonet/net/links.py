@@ -1,0 +1,51 @@
+"""Look up the netdevs colonet is asked to buffer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+
+from colonet.errors import UnknownNetdevError
+
+
+@dataclass(frozen=True)
+class NetdevInfo:
+    """What a filter needs to know about its netdev to steer its traffic."""
+
+    name: str
+    index: int
+    kind: str | None
+    master: str | None
+    master_kind: str | None
+
+    @property
+    def is_bridge_port(self) -> bool:
+        return self.master_kind == "bridge"
+
+
+def describe_netdev(name: str) -> NetdevInfo:
+    """Describe netdev `name` in this namespace, or say which ones exist."""
+    with IPRoute() as ipr:
+        links = {link.get("ifname"): link for link in ipr.get_links()}
+        link = links.get(name)
+        if link is None:
+            known = ", ".join(sorted(n for n in links if n)) or "none"
+            raise UnknownNetdevError(
+                f"unknown netdev {name!r}: no such network device in this "
+                f"network namespace (devices here: {known})"
+            )
+        master_index = link.get("master")
+        master = master_kind = None
+        if master_index:
+            for other in links.values():
+                if other["index"] == master_index:
+                    master = other.get("ifname")
+                    master_kind = other.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+        return NetdevInfo(
+            name=name,
+            index=link["index"],
+            kind=link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND"),
+            master=master,
+            master_kind=master_kind,
+        )

@@ -1,0 +1,205 @@
+"""Guest, host and client namespaces joined through a buffered netdev.
+
+Used by the tests, the demo and the benchmarks. The guest's NIC reaches the
+host either through a veth pair (routed: the host forwards between two
+subnets) or through a tap held by a relay process that plays the VM's part
+(bridged: the tap and the client's link are ports of one bridge). Either
+way the host-side device, `netdev`, is what a colonet filter buffers.
+
+Every name starts with a per-run prefix so parallel runs never collide,
+and `destroy()` removes every namespace (and with it every link) even when
+building stopped halfway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pyroute2 import NetNS, netns
+
+from colonet.net.netns import write_sysctl
+
+IFA_F_NODAD = 0x02
+LinkKind = Literal["veth", "tap"]
+
+_counter = itertools.count()
+
+
+def run_prefix() -> str:
+    """A namespace-name prefix unique to this process and call."""
+    return f"cn{os.getpid()}x{next(_counter)}"
+
+
+@dataclass
+class Topology:
+    """Three namespaces; `netdev` lives in `host_ns` and carries guest output."""
+
+    prefix: str
+    link: LinkKind = "veth"
+    netdev: str = "gst0"
+    guest_ip4: str = ""
+    guest_ip6: str = ""
+    client_ip4: str = ""
+    client_ip6: str = ""
+    relay: subprocess.Popen | None = field(default=None, repr=False)
+    _made: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def guest_ns(self) -> str:
+        return self.prefix + "g"
+
+    @property
+    def host_ns(self) -> str:
+        return self.prefix + "h"
+
+    @property
+    def client_ns(self) -> str:
+        return self.prefix + "c"
+
+    @property
+    def mode(self) -> str:
+        return "bridged" if self.link == "tap" else "routed"
+
+    def build(self) -> Topology:
+        try:
+            for name in (self.guest_ns, self.host_ns, self.client_ns):
+                netns.create(name)
+                self._made.append(name)
+            if self.link == "tap":
+                self._build_bridged_tap()
+            else:
+                self._build_routed_veth()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def _build_routed_veth(self) -> None:
+        self.guest_ip4, self.guest_ip6 = "10.201.0.2", "fd01:201::2"
+        self.client_ip4, self.client_ip6 = "10.202.0.2", "fd01:202::2"
+        with NetNS(self.host_ns) as host:
+            host.link(
+                "add",
+                ifname=self.netdev,
+                kind="veth",
+                peer={"ifname": "eth0", "net_ns_fd": self.guest_ns},
+            )
+            host.link(
+                "add",
+                ifname="cli0",
+                kind="veth",
+                peer={"ifname": "eth0", "net_ns_fd": self.client_ns},
+            )
+            _up(host, "lo")
+            _addr(host, self.netdev, "10.201.0.1", 24, "fd01:201::1", 64)
+            _addr(host, "cli0", "10.202.0.1", 24, "fd01:202::1", 64)
+        write_sysctl(self.host_ns, "net.ipv4.ip_forward", "1")
+        write_sysctl(self.host_ns, "net.ipv6.conf.all.forwarding", "1")
+        self._end_host(self.guest_ns, self.guest_ip4, self.guest_ip6, "10.201.0.1", "fd01:201::1")
+        self._end_host(
+            self.client_ns, self.client_ip4, self.client_ip6, "10.202.0.1", "fd01:202::1"
+        )
+
+    def _build_bridged_tap(self) -> None:
+        self.guest_ip4, self.guest_ip6 = "10.201.0.2", "fd01:201::2"
+        self.client_ip4, self.client_ip6 = "10.201.0.3", "fd01:201::3"
+        with NetNS(self.guest_ns) as guest:
+            guest.link("add", ifname="eth0", kind="tuntap", mode="tap")
+        with NetNS(self.host_ns) as host:
+            host.link("add", ifname=self.netdev, kind="tuntap", mode="tap")
+            host.link("add", ifname="br0", kind="bridge")
+            host.link(
+                "add",
+                ifname="cli0",
+                kind="veth",
+                peer={"ifname": "eth0", "net_ns_fd": self.client_ns},
+            )
+            bridge = host.link_lookup(ifname="br0")[0]
+            for port in (self.netdev, "cli0"):
+                host.link("set", index=host.link_lookup(ifname=port)[0], master=bridge)
+            for name in ("lo", "br0", self.netdev, "cli0"):
+                _up(host, name)
+        self._end_host(self.guest_ns, self.guest_ip4, self.guest_ip6, None, None)
+        self._end_host(self.client_ns, self.client_ip4, self.client_ip6, None, None)
+        self.relay = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "colonet.net.tap_relay",
+                self.guest_ns,
+                "eth0",
+                self.host_ns,
+                self.netdev,
+            ],
+            stdout=subprocess.PIPE,
+        )
+        assert self.relay.stdout is not None
+        if self.relay.stdout.readline().strip() != b"ready":
+            raise RuntimeError("tap relay did not start")
+        _wait_carrier(self.host_ns, self.netdev)
+
+    def _end_host(self, ns: str, ip4: str, ip6: str, gw4: str | None, gw6: str | None) -> None:
+        with NetNS(ns) as ipr:
+            _up(ipr, "lo")
+            _addr(ipr, "eth0", ip4, 24, ip6, 64)
+            if gw4:
+                ipr.route("add", dst="default", gateway=gw4)
+            if gw6:
+                ipr.route("add", dst="default", gateway=gw6, family=10)
+
+    def pause_guest(self) -> None:
+        """Freeze the VM stand-in (only for the tap link)."""
+        if self.relay is not None:
+            self.relay.send_signal(19)  # SIGSTOP
+
+    def resume_guest(self) -> None:
+        if self.relay is not None:
+            self.relay.send_signal(18)  # SIGCONT
+
+    def destroy(self) -> None:
+        if self.relay is not None:
+            self.relay.kill()
+            self.relay.wait()
+            if self.relay.stdout:
+                self.relay.stdout.close()
+            self.relay = None
+        for name in reversed(self._made):
+            with contextlib.suppress(OSError):
+                netns.remove(name)
+        self._made.clear()
+
+    def __enter__(self) -> Topology:
+        return self.build()
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+
+def _up(ipr: NetNS, name: str) -> None:
+    ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
+
+
+def _addr(ipr: NetNS, name: str, ip4: str, len4: int, ip6: str, len6: int) -> None:
+    index = ipr.link_lookup(ifname=name)[0]
+    ipr.addr("add", index=index, address=ip4, prefixlen=len4)
+    # No duplicate address detection: the address must work at once.
+    ipr.addr("add", index=index, address=ip6, prefixlen=len6, flags=IFA_F_NODAD)
+    ipr.link("set", index=index, state="up")
+
+
+def _wait_carrier(ns: str, name: str, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with NetNS(ns) as ipr:
+        index = ipr.link_lookup(ifname=name)[0]
+        while time.monotonic() < deadline:
+            if ipr.get_links(index)[0].get("carrier") == 1:
+                return
+            time.sleep(0.02)
+    raise RuntimeError(f"{name} in {ns} has no carrier")
