@@ -28,7 +28,7 @@ class FailoverRole(StrEnum):
 class FilterState(StrEnum):
     BUFFERING = "buffering"
     PASSTHROUGH = "passthrough"  # failed over as primary: packets flow
-    DISCARDING = "discarding"  # failed over as secondary: packets die
+    DISCARDING = "discarding"  # failed over as secondary: new packets die
     STOPPED = "stopped"
 
 
@@ -97,18 +97,21 @@ class Filter:
             packets = self.queue.release_all()
             self.backend.release(packets)
             self.state = FilterState.PASSTHROUGH
+            self.backend.stop()
         else:
+            # The peer's copy of the guest now speaks for it: anything this
+            # host's guest still emits would contradict it, so the steering
+            # stays and every new packet is dropped until the filter stops.
             packets = self.queue.discard()
             self.backend.drop(packets)
             self.state = FilterState.DISCARDING
-        self.backend.stop()
         return len(packets)
 
     def stop(self) -> None:
         """Detach. Uncommitted packets are dropped, never released: their
         checkpoint was not acknowledged, so releasing them could show the
         world a state a secondary never had."""
-        if self.state is FilterState.BUFFERING:
+        if self.state in (FilterState.BUFFERING, FilterState.DISCARDING):
             self.state = FilterState.STOPPED
             self.backend.drain()
             self.backend.drop(self.queue.discard())

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from colonet.buffer.epoch_queue import BufferLimits, EpochError
-from colonet.buffer.filter import FailoverRole, Filter
+from colonet.buffer.filter import FailoverRole, Filter, FilterState
 from colonet.buffer.nfqueue import NfqueueBackend, NfqueueConfig
 from colonet.errors import UsageError
 from colonet.net.links import describe_netdev
@@ -140,7 +140,8 @@ class FilterSet:
     # -- event loop glue --------------------------------------------------
 
     def fds(self) -> dict[int, Filter]:
-        return {f.backend.fileno(): f for f in self.filters if f.state.value == "buffering"}
+        steering = (FilterState.BUFFERING, FilterState.DISCARDING)
+        return {f.backend.fileno(): f for f in self.filters if f.state in steering}
 
     def status(self) -> dict[str, Any]:
         netdevs = [f.status() for f in self.filters]

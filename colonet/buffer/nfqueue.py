@@ -159,6 +159,13 @@ class NfqueueBackend:
         assert self._deliver is not None
         self._deliver(packet, ip_packet_length(payload, len(payload)))
 
+    def describe(self) -> dict[str, object]:
+        return {
+            "queue": self.queue_num,
+            "batch_verdicts": self.config.batch_verdicts,
+            "missed_notifications": self.missed_notifications,
+        }
+
     def fileno(self) -> int:
         if self._nfq is None:
             raise KernelSetupError("nfqueue backend is not started")

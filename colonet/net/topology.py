@@ -48,6 +48,10 @@ class Topology:
     guest_ip6: str = ""
     client_ip4: str = ""
     client_ip6: str = ""
+    # Permanent neighbour entries: the guest's own ARP/ND traffic is guest
+    # output too and waits for a commit, so a test that holds an epoch for
+    # seconds would otherwise see the guest's neighbour entries fail.
+    static_neighbours: bool = True
     relay: subprocess.Popen | None = field(default=None, repr=False)
     _made: list[str] = field(default_factory=list, repr=False)
 
@@ -76,6 +80,8 @@ class Topology:
                 self._build_bridged_tap()
             else:
                 self._build_routed_veth()
+            if self.static_neighbours:
+                self._pin_neighbours()
         except BaseException:
             self.destroy()
             raise
@@ -154,6 +160,36 @@ class Topology:
             if gw6:
                 ipr.route("add", dst="default", gateway=gw6, family=10)
 
+    def _pin_neighbours(self) -> None:
+        guest_mac = _mac(self.guest_ns, "eth0")
+        client_mac = _mac(self.client_ns, "eth0")
+        if self.link == "tap":
+            pins = [
+                (self.guest_ns, [(self.client_ip4, client_mac), (self.client_ip6, client_mac)]),
+                (self.client_ns, [(self.guest_ip4, guest_mac), (self.guest_ip6, guest_mac)]),
+            ]
+        else:
+            host_g, host_c = _mac(self.host_ns, self.netdev), _mac(self.host_ns, "cli0")
+            pins = [
+                (self.guest_ns, [("10.201.0.1", host_g), ("fd01:201::1", host_g)]),
+                (self.client_ns, [("10.202.0.1", host_c), ("fd01:202::1", host_c)]),
+            ]
+        for ns, entries in pins:
+            with NetNS(ns) as ipr:
+                index = ipr.link_lookup(ifname="eth0")[0]
+                for ip, mac in entries:
+                    ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=index, state="permanent")
+        if self.link == "veth":
+            with NetNS(self.host_ns) as ipr:
+                for dev, ip, mac in (
+                    (self.netdev, self.guest_ip4, guest_mac),
+                    (self.netdev, self.guest_ip6, guest_mac),
+                    ("cli0", self.client_ip4, client_mac),
+                    ("cli0", self.client_ip6, client_mac),
+                ):
+                    index = ipr.link_lookup(ifname=dev)[0]
+                    ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=index, state="permanent")
+
     def pause_guest(self) -> None:
         """Freeze the VM stand-in (only for the tap link)."""
         if self.relay is not None:
@@ -192,6 +228,11 @@ def _addr(ipr: NetNS, name: str, ip4: str, len4: int, ip6: str, len6: int) -> No
     # No duplicate address detection: the address must work at once.
     ipr.addr("add", index=index, address=ip6, prefixlen=len6, flags=IFA_F_NODAD)
     ipr.link("set", index=index, state="up")
+
+
+def _mac(ns: str, name: str) -> str:
+    with NetNS(ns) as ipr:
+        return ipr.get_links(ipr.link_lookup(ifname=name)[0])[0].get("address")
 
 
 def _wait_carrier(ns: str, name: str, timeout_s: float = 5.0) -> None:

@@ -1,0 +1,1 @@
+"""Epoch bookkeeping and the filters that hold guest output until commit."""

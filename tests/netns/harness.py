@@ -1,0 +1,199 @@
+"""Traffic and process helpers for the namespace tests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from colonet.control.client import request
+from colonet.net.netns import run_in_netns, socket_in_netns
+from colonet.net.topology import Topology
+
+SO_RCVBUFFORCE = 33
+PORT = 9000
+
+
+def colonet_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "colonet", *args]
+
+
+def in_ns(ns: str, argv: list[str]) -> list[str]:
+    return ["ip", "netns", "exec", ns, *argv]
+
+
+@dataclass
+class FilterProcess:
+    """A `colonet filter run` process in a topology's host namespace."""
+
+    topo: Topology
+    proc: subprocess.Popen
+    socket_path: str
+    tmpdir: str
+    ready: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def start(
+        cls, topo: Topology, *extra: str, netdevs: tuple[str, ...] | None = None
+    ) -> FilterProcess:
+        tmpdir = tempfile.mkdtemp(prefix="cn")
+        path = os.path.join(tmpdir, "ctl.sock")
+        netdev_args = [a for n in (netdevs or (topo.netdev,)) for a in ("--netdev", n)]
+        argv = colonet_argv("filter", "run", *netdev_args, "--socket", path, "--json", *extra)
+        proc = subprocess.Popen(
+            in_ns(topo.host_ns, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            err = proc.stderr.read() if proc.stderr else ""
+            proc.wait()
+            raise RuntimeError(f"colonet filter run failed ({proc.returncode}): {err}")
+        return cls(topo, proc, path, tmpdir, json.loads(line))
+
+    def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        return request(self.socket_path, {"op": op, **fields})
+
+    def status(self) -> dict[str, Any]:
+        return self.call("status")
+
+    def netdev_status(self, index: int = 0) -> dict[str, Any]:
+        return self.status()["netdevs"][index]
+
+    def wait_held(self, at_least: int, timeout_s: float = 10.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            st = self.netdev_status()
+            held = st["held_packets"] + st["tail_dropped_packets"]
+            if held >= at_least or time.monotonic() > deadline:
+                return st
+            time.sleep(0.02)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            colonet_argv("filter", *args, "--socket", self.socket_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def terminate(self) -> str:
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=30)
+        self._forget_tmpdir()
+        return out
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate(timeout=30)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
+        # A killed filter leaves its rules (fail-closed); remove them.
+        subprocess.run(
+            in_ns(self.topo.host_ns, colonet_argv("cleanup", "--force")),
+            capture_output=True,
+            timeout=60,
+        )
+        self._forget_tmpdir()
+
+    def _forget_tmpdir(self) -> None:
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+def family_addrs(topo: Topology, family: int) -> tuple[str, str]:
+    if family == socket.AF_INET6:
+        return topo.guest_ip6, topo.client_ip6
+    return topo.guest_ip4, topo.client_ip4
+
+
+def client_receiver(topo: Topology, family: int, port: int = PORT) -> socket.socket:
+    _, client_ip = family_addrs(topo, family)
+    sock = socket_in_netns(topo.client_ns, family, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 * 1024 * 1024)
+    sock.bind((client_ip, port))
+    sock.setblocking(False)
+    return sock
+
+
+def guest_sender(topo: Topology, family: int) -> socket.socket:
+    return socket_in_netns(topo.guest_ns, family, socket.SOCK_DGRAM)
+
+
+def send_numbered(
+    sock: socket.socket,
+    dest: tuple[str, int],
+    numbers: Iterable[int],
+    filt: FilterProcess | None = None,
+    chunk: int = 250,
+    size: int = 64,
+) -> int:
+    """Send one datagram per number ("seq:NNNN" padded to `size` bytes).
+
+    With `filt`, waits after each chunk until the filter has seen it, so a
+    burst is not lost on its way to the filter (a tap's queue holds ~1000).
+    """
+    sent = 0
+    base = filt.netdev_status()["held_packets"] if filt else 0
+    for n in numbers:
+        sock.sendto(f"seq:{n:08d}".encode().ljust(size, b"."), dest)
+        sent += 1
+        if filt and sent % chunk == 0:
+            filt.wait_held(base + sent)
+    if filt:
+        filt.wait_held(base + sent)
+    return sent
+
+
+def receive_numbers(sock: socket.socket, quiet_s: float = 0.5, limit_s: float = 20.0) -> list[int]:
+    """Read datagrams until none arrives for `quiet_s`; return their numbers."""
+    got: list[int] = []
+    sock.settimeout(quiet_s)
+    deadline = time.monotonic() + limit_s
+    with contextlib.suppress(TimeoutError):
+        while time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if data.startswith(b"seq:"):
+                got.append(int(data[4:12]))
+    sock.setblocking(False)
+    return got
+
+
+def nothing_waiting(sock: socket.socket, wait_s: float = 0.3) -> bool:
+    time.sleep(wait_s)
+    try:
+        sock.recv(65536)
+    except BlockingIOError:
+        return True
+    return False
+
+
+def host_kernel_state(topo: Topology) -> dict[str, Any]:
+    """What colonet may have left in the host namespace."""
+
+    def read() -> dict[str, Any]:
+        with open("/proc/thread-self/net/netfilter/nfnetlink_queue") as f:
+            queues = f.read().split("\n")
+        return {"queues": [q for q in queues if q.strip()]}
+
+    state = run_in_netns(topo.host_ns, read)
+    rules = []
+    for tool in ("iptables-save", "ip6tables-save"):
+        out = subprocess.run(in_ns(topo.host_ns, [tool]), capture_output=True, text=True).stdout
+        rules += [line for line in out.splitlines() if "colonet" in line]
+    links = subprocess.run(
+        in_ns(topo.host_ns, ["ip", "-o", "link"]), capture_output=True, text=True
+    ).stdout
+    state["rules"] = rules
+    state["links"] = sorted(line.split(":")[1].strip().split("@")[0] for line in links.splitlines())
+    return state

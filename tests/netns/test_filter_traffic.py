@@ -1,0 +1,138 @@
+"""Output commit through a real filter: what the client sees, and when."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.netns.harness import (
+    PORT,
+    client_receiver,
+    family_addrs,
+    guest_sender,
+    host_kernel_state,
+    nothing_waiting,
+    receive_numbers,
+    send_numbered,
+)
+
+FAMILIES = pytest.mark.parametrize(
+    "family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"]
+)
+
+
+@FAMILIES
+def test_burst_held_until_commit_then_delivered_once_in_order(topology, start_filter, family):
+    filt = start_filter(topology)
+    _, client_ip = family_addrs(topology, family)
+    rx = client_receiver(topology, family)
+    tx = guest_sender(topology, family)
+
+    send_numbered(tx, (client_ip, PORT), range(10_000), filt)
+
+    assert nothing_waiting(rx), "a packet reached the client before its epoch committed"
+    epoch = filt.call("checkpoint")["epoch"]
+    assert epoch == 1
+    assert nothing_waiting(rx, 0.1), "sealing must not release anything"
+    result = filt.call("commit", epoch=epoch)
+    assert result["released_packets"] >= 10_000
+    assert receive_numbers(rx) == list(range(10_000))
+    st = filt.netdev_status()
+    assert st["held_packets"] - st["epochs"][-1]["held_packets"] == 0
+    assert st["released_packets"] >= 10_000
+    assert st["tail_dropped_packets"] == 0
+
+
+def test_packets_sent_after_a_seal_wait_for_the_next_commit(topology, start_filter):
+    filt = start_filter(topology)
+    rx = client_receiver(topology, socket.AF_INET)
+    tx = guest_sender(topology, socket.AF_INET)
+    dest = (topology.client_ip4, PORT)
+
+    send_numbered(tx, dest, range(0, 100), filt)
+    first = filt.call("checkpoint")["epoch"]
+    send_numbered(tx, dest, range(100, 200), filt)
+    filt.call("commit", epoch=first)
+    assert receive_numbers(rx) == list(range(100))
+
+    second = filt.call("checkpoint")["epoch"]
+    assert second == first + 1
+    assert nothing_waiting(rx, 0.1)
+    filt.call("commit")  # default: every sealed epoch
+    assert receive_numbers(rx) == list(range(100, 200))
+
+
+def test_commit_releases_epochs_in_order_up_to_the_one_named(topology, start_filter):
+    filt = start_filter(topology)
+    rx = client_receiver(topology, socket.AF_INET)
+    tx = guest_sender(topology, socket.AF_INET)
+    dest = (topology.client_ip4, PORT)
+    for k in range(3):
+        send_numbered(tx, dest, range(k * 50, k * 50 + 50), filt)
+        filt.call("checkpoint")
+    filt.call("commit", epoch=2)
+    assert receive_numbers(rx) == list(range(100))
+    filt.call("commit", epoch=3)
+    assert receive_numbers(rx) == list(range(100, 150))
+    # Committing an epoch again is harmless and releases nothing.
+    assert filt.call("commit", epoch=3)["released_packets"] == 0
+
+
+def test_failover_secondary_never_delivers_what_was_held(topology, start_filter):
+    filt = start_filter(topology)
+    rx = client_receiver(topology, socket.AF_INET)
+    tx = guest_sender(topology, socket.AF_INET)
+    dest = (topology.client_ip4, PORT)
+    send_numbered(tx, dest, range(300), filt)
+    filt.call("checkpoint")
+    send_numbered(tx, dest, range(300, 400), filt)
+
+    result = filt.call("failover", role="secondary")
+    assert result["discarded_packets"] >= 400
+    # The old primary's guest must stay silent: later output is dropped too.
+    send_numbered(tx, dest, range(400, 450))
+    assert receive_numbers(rx, quiet_s=0.5) == []
+    st = filt.netdev_status()
+    assert st["state"] == "discarding"
+    assert st["discarded_packets"] >= 400
+    assert st["released_packets"] == 0
+
+
+def test_failover_primary_delivers_what_was_held_then_stops_buffering(topology, start_filter):
+    filt = start_filter(topology)
+    rx = client_receiver(topology, socket.AF_INET)
+    tx = guest_sender(topology, socket.AF_INET)
+    dest = (topology.client_ip4, PORT)
+    send_numbered(tx, dest, range(200), filt)
+    filt.call("checkpoint")
+    send_numbered(tx, dest, range(200, 300), filt)
+
+    result = filt.call("failover", role="primary")
+    assert result["released_packets"] >= 300
+    assert receive_numbers(rx) == list(range(300))
+    # Going on alone: no more buffering, packets flow at once.
+    send_numbered(tx, dest, range(300, 310))
+    assert receive_numbers(rx) == list(range(300, 310))
+    assert filt.netdev_status()["state"] == "passthrough"
+    assert host_kernel_state(topology)["rules"] == [], "steering rules must be gone"
+
+
+def test_hard_limit_tail_drops_and_counts(topology, start_filter):
+    filt = start_filter(topology, "--max-packets", "100")
+    rx = client_receiver(topology, socket.AF_INET)
+    tx = guest_sender(topology, socket.AF_INET)
+    dest = (topology.client_ip4, PORT)
+    send_numbered(tx, dest, range(150), filt, chunk=50)
+    st = filt.netdev_status()
+    assert st["held_packets"] == 100
+    assert st["tail_dropped_packets"] >= 50
+    assert filt.status()["high_water_requests"] >= 1
+    # Never grows past the limit, however much more arrives.
+    send_numbered(tx, dest, range(150, 200))
+    assert filt.wait_held(200)["held_packets"] == 100
+    filt.call("checkpoint")
+    filt.call("commit")
+    got = receive_numbers(rx)
+    assert got == sorted(got) and len(got) == len(set(got))
+    assert set(got) <= set(range(100))
