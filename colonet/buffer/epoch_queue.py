@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Generic, TypeVar
 
+from colonet.errors import UsageError
+
 __all__ = [
     "BufferLimitError",
     "BufferLimits",
@@ -27,11 +29,11 @@ __all__ = [
 P = TypeVar("P")
 
 
-class BufferLimitError(ValueError):
+class BufferLimitError(UsageError, ValueError):
     """A buffer was configured with values that cannot work (our own misuse)."""
 
 
-class EpochError(ValueError):
+class EpochError(UsageError, ValueError):
     """An epoch operation does not match the queue's state, e.g. releasing an unsealed epoch."""
 
 
