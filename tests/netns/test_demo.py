@@ -17,7 +17,9 @@ def test_demo_commits_epochs_and_cleans_up():
     before = _namespaces()
     done = subprocess.run(
         colonet_argv("demo", "--duration", "1.5", "--json"),
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.splitlines()[-1])
