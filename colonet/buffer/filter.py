@@ -69,7 +69,8 @@ class Filter:
             self.passed_through += 1
             self.backend.release([packet])
         else:
-            self.dropped_after_failover += 1
+            if self.state is FilterState.DISCARDING:
+                self.dropped_after_failover += 1
             self.backend.drop([packet])
 
     def _require_buffering(self, action: str) -> None:

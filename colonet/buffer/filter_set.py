@@ -107,7 +107,7 @@ class FilterSet:
         last = self.last_sealed
         if upto is None:
             upto = last
-        if upto < 1 and last:
+        elif upto < 1:
             raise EpochError(f"epoch {upto} does not exist: epochs are numbered from 1")
         if upto > last:
             sealed = f"sealed epochs go up to {last}" if last else "no epoch is sealed yet"

@@ -81,4 +81,8 @@ def parse_queue_status(text: str, queue_num: int) -> dict[str, int] | None:
 
 
 def bound_queues(text: str) -> set[int]:
-    return {int(line.split()[0]) for line in text.splitlines() if line.split()}
+    return {
+        int(fields[0])
+        for fields in (line.split() for line in text.splitlines())
+        if fields and fields[0].isdigit()
+    }

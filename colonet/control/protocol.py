@@ -47,7 +47,9 @@ def parse_request(line: bytes) -> Request:
         )
     try:
         body = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad UTF-8, bad JSON and over-long integers;
+        # RecursionError, absurd nesting.
         raise RemoteRequestError(f"request is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise RemoteRequestError(f"request must be a JSON object, got {type(body).__name__}")
@@ -94,5 +96,5 @@ def decode_response(line: bytes) -> dict[str, Any]:
             return body["result"]
         error = body["error"]
         raise RemoteError(error["kind"], error["message"], int(error["exit_code"]))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise RemoteError("BadResponse", f"malformed response from server: {exc}", 4) from None

@@ -1,0 +1,571 @@
+"""Tests for Filter and FilterSet on a fake backend: the hook operations, no root."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+
+from colonet.buffer.backend import Backend, Deliver
+from colonet.buffer.epoch_queue import BufferLimits, EpochError
+from colonet.buffer.filter import FailoverRole, Filter, FilterState, NotBufferingError
+from colonet.buffer.filter_set import FilterSet
+from colonet.errors import UsageError
+
+Call = tuple[str, str, Any]
+
+
+class FakeBackend:
+    """A Backend that records every call and lets the test play the kernel.
+
+    `emit` delivers a packet now (it arrived and was read); `pending` holds
+    packets the kernel still has, which only `drain` (or `poll`) delivers.
+    """
+
+    def __init__(
+        self,
+        name: str = "fake",
+        *,
+        log: list[Call] | None = None,
+        fd: int = 100,
+        probe: Callable[[], Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.log: list[Call] = log if log is not None else []
+        self.fd = fd
+        self.probe = probe  # called at each drain; its value is logged
+        self.pending: list[tuple[object, int]] = []
+        self.released: list[object] = []
+        self.dropped: list[object] = []
+        self.stopped = False
+        self.fail_stop = False
+        self._deliver: Deliver | None = None
+
+    def _record(self, op: str, arg: Any = None) -> None:
+        self.log.append((self.name, op, arg))
+
+    def emit(self, packet: object, size: int = 100) -> None:
+        assert self._deliver is not None, "backend not started"
+        self._deliver(packet, size)
+
+    def _flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for packet, size in pending:
+            self.emit(packet, size)
+
+    def start(self, deliver: Deliver) -> None:
+        self._record("start")
+        self._deliver = deliver
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def poll(self) -> None:
+        self._record("poll")
+        self._flush()
+
+    def drain(self) -> None:
+        self._record("drain", self.probe() if self.probe else None)
+        self._flush()
+
+    def release(self, packets: Sequence[object]) -> None:
+        self._record("release", list(packets))
+        self.released.extend(packets)
+
+    def drop(self, packets: Sequence[object]) -> None:
+        self._record("drop", list(packets))
+        self.dropped.extend(packets)
+
+    def stop(self) -> None:
+        self._record("stop")
+        self.stopped = True
+        if self.fail_stop:
+            raise RuntimeError(f"{self.name} refused to stop")
+
+    def ops(self) -> list[str]:
+        return [op for name, op, _ in self.log if name == self.name]
+
+
+def make_filter(
+    netdev: str = "tap0",
+    *,
+    limits: BufferLimits | None = None,
+    on_high_water: Callable[[str], None] | None = None,
+    log: list[Call] | None = None,
+    fd: int = 100,
+) -> tuple[Filter, FakeBackend]:
+    fake = FakeBackend(f"fake-{netdev}", log=log, fd=fd)
+    backend: Backend = fake  # type-checks the fake against the protocol
+    f = Filter(netdev, backend, limits or BufferLimits(), on_high_water)
+    f.start()
+    return f, fake
+
+
+def make_set(n: int = 2, **kwargs: Any) -> tuple[FilterSet, list[FakeBackend], list[Call]]:
+    log: list[Call] = []
+    pairs = [make_filter(f"tap{i}", log=log, fd=100 + i, **kwargs) for i in range(n)]
+    return FilterSet([f for f, _ in pairs]), [b for _, b in pairs], log
+
+
+# -- a single filter --------------------------------------------------------
+
+
+def test_start_sets_buffering_and_hands_deliver_to_backend() -> None:
+    f, fake = make_filter()
+    assert f.state is FilterState.BUFFERING
+    assert fake.ops() == ["start"]
+
+
+def test_start_failure_leaves_filter_stopped() -> None:
+    fake = FakeBackend()
+
+    def boom(deliver: Deliver) -> None:
+        raise RuntimeError("no queue")
+
+    fake.start = boom  # type: ignore[method-assign]
+    f = Filter("tap0", fake, BufferLimits())
+    with pytest.raises(RuntimeError, match="no queue"):
+        f.start()
+    assert f.state is FilterState.STOPPED
+
+
+def test_seal_drains_pending_packets_into_the_sealed_epoch() -> None:
+    f, fake = make_filter()
+    fake.emit("a")
+    fake.pending = [("b", 10), ("c", 10)]
+    assert f.seal() == 1
+    fake.emit("d")
+    assert fake.pending == []
+    assert f.commit(1) == 3
+    assert fake.released == ["a", "b", "c"]
+    assert f.seal() == 2
+    assert f.commit(2) == 1
+    assert fake.released == ["a", "b", "c", "d"]
+
+
+def test_seal_calls_drain_once_and_releases_nothing() -> None:
+    f, fake = make_filter()
+    fake.emit("a")
+    f.seal()
+    assert fake.ops() == ["start", "drain"]
+
+
+def test_filter_commit_of_unsealed_epoch_raises_and_releases_nothing() -> None:
+    f, fake = make_filter()
+    fake.emit("a")
+    f.seal()
+    with pytest.raises(EpochError, match="epoch 2 is not sealed"):
+        f.commit(2)
+    assert "release" not in fake.ops()
+
+
+def test_tail_drop_goes_to_backend_drop_and_is_counted() -> None:
+    f, fake = make_filter(limits=BufferLimits(max_held_packets=3))
+    for packet in ("p1", "p2", "p3"):
+        fake.emit(packet, 100)
+    assert fake.dropped == []
+    fake.emit("p4", 100)
+    assert fake.dropped == ["p4"]
+    assert fake.log[-1] == ("fake-tap0", "drop", ["p4"])
+    status = f.status()
+    assert status["held_packets"] == 3
+    assert status["tail_dropped_packets"] == 1
+    assert status["tail_dropped_bytes"] == 100
+    f.seal()
+    f.commit(1)
+    assert fake.released == ["p1", "p2", "p3"]
+
+
+def test_tail_drop_by_bytes() -> None:
+    f, fake = make_filter(limits=BufferLimits(max_held_bytes=250))
+    fake.emit("p1", 100)
+    fake.emit("p2", 100)
+    fake.emit("big", 100)
+    fake.emit("small", 50)
+    assert fake.dropped == ["big"]
+    assert f.status()["held_bytes"] == 250
+
+
+def test_on_high_water_receives_the_netdev_name() -> None:
+    seen: list[str] = []
+    f, fake = make_filter(
+        "vnet7",
+        limits=BufferLimits(max_held_packets=4, high_water_ratio=0.5),
+        on_high_water=seen.append,
+    )
+    fake.emit("p1")
+    assert seen == []
+    fake.emit("p2")
+    assert seen == ["vnet7"]
+    fake.emit("p3")
+    assert seen == ["vnet7"]  # edge-triggered
+    assert f.status()["high_water_hits"] == 1
+
+
+def test_filter_status_fields() -> None:
+    f, fake = make_filter("tap3")
+    fake.emit("a", 60)
+    status = f.status()
+    assert status["netdev"] == "tap3"
+    assert status["backend"] == "fake-tap3"
+    assert status["state"] == "buffering"
+    assert status["passed_through_packets"] == 0
+    assert status["dropped_after_failover_packets"] == 0
+    assert status["held_packets"] == 1
+    assert status["held_bytes"] == 60
+
+
+def test_filter_status_includes_backend_describe() -> None:
+    f, fake = make_filter()
+    fake.describe = lambda: {"queue": 9}  # type: ignore[attr-defined]
+    assert f.status()["queue"] == 9
+
+
+# -- FilterSet: checkpoint --------------------------------------------------
+
+
+def test_filter_set_needs_at_least_one_filter() -> None:
+    with pytest.raises(UsageError, match="at least one netdev"):
+        FilterSet([])
+
+
+def test_begin_checkpoint_drains_all_filters_before_sealing_any() -> None:
+    fs, (a, b), log = make_set(2)
+
+    def open_epochs() -> tuple[int, ...]:
+        return tuple(f.queue.open_epoch for f in fs.filters)
+
+    a.probe = open_epochs
+    b.probe = open_epochs
+    a.emit("a1")
+    b.pending = [("b1", 10)]
+    log.clear()
+    assert fs.begin_checkpoint() == 1
+    assert log == [("fake-tap0", "drain", (1, 1)), ("fake-tap1", "drain", (1, 1))]
+    assert [f.queue.last_sealed for f in fs.filters] == [1, 1]
+    assert fs.open_epoch == 2
+    # b1 was still in the kernel at the barrier: it belongs to epoch 1.
+    assert fs.commit(1) == (1, 2)
+    assert a.released == ["a1"]
+    assert b.released == ["b1"]
+
+
+def test_begin_checkpoint_returns_the_same_epoch_on_all_filters() -> None:
+    fs, _, _ = make_set(3)
+    assert [fs.begin_checkpoint() for _ in range(3)] == [1, 2, 3]
+    assert [f.queue.last_sealed for f in fs.filters] == [3, 3, 3]
+    assert [f.queue.open_epoch for f in fs.filters] == [4, 4, 4]
+    assert fs.last_sealed == 3
+
+
+def test_begin_checkpoint_with_a_non_buffering_filter_drains_nothing() -> None:
+    fs, (a, b), log = make_set(2)
+    fs.filters[1].failover(FailoverRole.SECONDARY)
+    log.clear()
+    with pytest.raises(NotBufferingError, match="tap1 is discarding"):
+        fs.begin_checkpoint()
+    assert log == []
+    assert fs.filters[0].queue.last_sealed == 0
+
+
+# -- FilterSet: commit ------------------------------------------------------
+
+
+def fill_two_epochs(fs: FilterSet, fakes: list[FakeBackend]) -> None:
+    a, b = fakes
+    a.emit("a1")
+    b.emit("b1")
+    a.emit("a2")
+    fs.begin_checkpoint()  # epoch 1: a1 a2 | b1
+    b.emit("b2")
+    a.pending = [("a3", 10)]
+    fs.begin_checkpoint()  # epoch 2: a3 | b2
+    a.emit("a4")
+    b.emit("b3")  # epoch 3 (open): a4 | b3
+
+
+def test_commit_releases_in_arrival_order_only_up_to_n() -> None:
+    fs, fakes, _ = make_set(2)
+    a, b = fakes
+    fill_two_epochs(fs, fakes)
+    assert fs.commit(1) == (1, 3)
+    assert a.released == ["a1", "a2"]
+    assert b.released == ["b1"]
+    assert fs.commit(2) == (2, 2)
+    assert a.released == ["a1", "a2", "a3"]
+    assert b.released == ["b1", "b2"]
+    assert [f.queue.held_packets for f in fs.filters] == [1, 1]
+
+
+def test_commit_none_releases_all_sealed_epochs() -> None:
+    fs, fakes, _ = make_set(2)
+    a, b = fakes
+    fill_two_epochs(fs, fakes)
+    assert fs.commit(None) == (2, 5)
+    assert a.released == ["a1", "a2", "a3"]
+    assert b.released == ["b1", "b2"]
+    assert fs.status()["last_released"] == 2
+
+
+def test_commit_none_with_nothing_sealed_releases_nothing() -> None:
+    fs, (a, b), _ = make_set(2)
+    a.emit("a1")
+    assert fs.commit() == (0, 0)
+    assert a.released == [] and b.released == []
+
+
+def test_commit_of_already_committed_epoch_releases_nothing() -> None:
+    fs, fakes, _ = make_set(2)
+    a, b = fakes
+    fill_two_epochs(fs, fakes)
+    fs.commit(2)
+    before = (list(a.released), list(b.released))
+    assert fs.commit(2) == (2, 0)
+    assert fs.commit(1) == (1, 0)
+    assert fs.commit(None) == (2, 0)
+    assert (a.released, b.released) == before
+
+
+@pytest.mark.parametrize(
+    ("epoch", "message"),
+    [
+        (3, "epoch 3 does not exist or is not sealed: sealed epochs go up to 2"),
+        (99, "epoch 99 does not exist or is not sealed"),
+        (0, "epoch 0 does not exist: epochs are numbered from 1"),
+        (-1, "epoch -1 does not exist"),
+    ],
+)
+def test_commit_of_unsealed_or_missing_epoch_releases_nothing_anywhere(
+    epoch: int, message: str
+) -> None:
+    fs, fakes, log = make_set(2)
+    fill_two_epochs(fs, fakes)
+    log.clear()
+    with pytest.raises(EpochError, match=message):
+        fs.commit(epoch)
+    assert log == []
+    assert all(fake.released == [] for fake in fakes)
+    assert [f.queue.held_packets for f in fs.filters] == [4, 3]
+    # The set is still usable afterwards.
+    assert fs.commit(2) == (2, 5)
+
+
+def test_commit_before_any_seal_raises() -> None:
+    fs, fakes, _ = make_set(2)
+    fakes[0].emit("a1")
+    with pytest.raises(EpochError, match="no epoch is sealed yet"):
+        fs.commit(1)
+    assert fakes[0].released == []
+
+
+def test_commit_of_negative_epoch_before_any_seal_raises() -> None:
+    fs, _, _ = make_set(2)
+    with pytest.raises(EpochError):
+        fs.commit(-1)
+
+
+def test_commit_with_a_non_buffering_filter_releases_nothing_on_any() -> None:
+    fs, fakes, _ = make_set(2)
+    a, b = fakes
+    a.emit("a1")
+    b.emit("b1")
+    fs.begin_checkpoint()
+    fs.filters[1].failover(FailoverRole.SECONDARY)
+    with pytest.raises(NotBufferingError, match="cannot commit: the filter on tap1 is discarding"):
+        fs.commit(1)
+    assert a.released == []
+    assert fs.filters[0].queue.held_packets == 1
+
+
+# -- FilterSet: failover ----------------------------------------------------
+
+
+def test_failover_primary_releases_all_in_order_then_stops_backend() -> None:
+    fs, fakes, log = make_set(2)
+    a, b = fakes
+    fill_two_epochs(fs, fakes)
+    a.pending = [("a5", 10)]
+    log.clear()
+    assert fs.failover("primary") == 8
+    assert [(n, op) for n, op, _ in log] == [
+        ("fake-tap0", "drain"),
+        ("fake-tap0", "release"),
+        ("fake-tap0", "stop"),
+        ("fake-tap1", "drain"),
+        ("fake-tap1", "release"),
+        ("fake-tap1", "stop"),
+    ]
+    assert a.released == ["a1", "a2", "a3", "a4", "a5"]
+    assert b.released == ["b1", "b2", "b3"]
+    assert a.dropped == [] and b.dropped == []
+    assert all(f.state is FilterState.PASSTHROUGH for f in fs.filters)
+    assert fs.status()["netdevs"][0]["state"] == "passthrough"
+
+
+def test_after_primary_failover_packets_pass_through_immediately() -> None:
+    fs, (a, b), _ = make_set(2)
+    fs.failover(FailoverRole.PRIMARY)
+    a.emit("late1")
+    a.emit("late2")
+    assert a.released == ["late1", "late2"]
+    assert a.log[-1] == ("fake-tap0", "release", ["late2"])
+    status = fs.filters[0].status()
+    assert status["passed_through_packets"] == 2
+    assert status["held_packets"] == 0
+    assert fs.fds() == {}
+
+
+def test_failover_secondary_drops_all_held_and_keeps_steering() -> None:
+    fs, fakes, log = make_set(2)
+    a, b = fakes
+    fill_two_epochs(fs, fakes)
+    fs.commit(1)
+    b.pending = [("b4", 10)]
+    log.clear()
+    assert fs.failover("secondary") == 5
+    assert a.dropped == ["a3", "a4"]
+    assert b.dropped == ["b2", "b3", "b4"]
+    assert a.released == ["a1", "a2"] and b.released == ["b1"]
+    assert "stop" not in [op for _, op, _ in log]
+    assert not a.stopped and not b.stopped
+    assert all(f.state is FilterState.DISCARDING for f in fs.filters)
+    assert fs.fds() == {100: fs.filters[0], 101: fs.filters[1]}
+
+
+def test_after_secondary_failover_packets_are_dropped() -> None:
+    fs, (a, b), _ = make_set(2)
+    a.emit("held")
+    fs.failover(FailoverRole.SECONDARY)
+    a.emit("late1")
+    a.pending = [("late2", 10)]
+    a.poll()
+    assert a.dropped == ["held", "late1", "late2"]
+    assert a.released == []
+    status = fs.filters[0].status()
+    assert status["state"] == "discarding"
+    assert status["dropped_after_failover_packets"] == 2
+    assert status["discarded_packets"] == 1
+
+
+@pytest.mark.parametrize("role", ["primary", "secondary"])
+def test_checkpoint_commit_and_failover_after_failover_raise(role: str) -> None:
+    fs, fakes, log = make_set(2)
+    fs.failover(role)
+    log.clear()
+    with pytest.raises(NotBufferingError, match="cannot seal an epoch"):
+        fs.begin_checkpoint()
+    with pytest.raises(NotBufferingError, match="cannot commit"):
+        fs.commit()
+    with pytest.raises(NotBufferingError, match="cannot commit"):
+        fs.commit(1)
+    with pytest.raises(UsageError, match="cannot fail over as primary"):
+        fs.failover("primary")
+    with pytest.raises(UsageError, match="cannot fail over as secondary"):
+        fs.failover("secondary")
+    with pytest.raises(NotBufferingError):
+        fs.filters[0].seal()
+    assert log == []
+    assert issubclass(NotBufferingError, UsageError)
+
+
+def test_failover_rejects_unknown_role() -> None:
+    fs, _, log = make_set(1)
+    log.clear()
+    with pytest.raises(ValueError, match="tertiary"):
+        fs.failover("tertiary")
+    assert log == []
+
+
+# -- stop -------------------------------------------------------------------
+
+
+def test_stop_drops_held_and_pending_never_releases() -> None:
+    f, fake = make_filter()
+    fake.emit("a1")
+    f.seal()
+    fake.emit("a2")
+    fake.pending = [("a3", 10)]
+    f.stop()
+    assert fake.released == []
+    assert sorted(fake.dropped) == ["a1", "a2", "a3"]
+    assert fake.ops()[-1] == "stop"
+    assert fake.stopped
+    assert f.state is FilterState.STOPPED
+    assert f.status()["state"] == "stopped"
+
+
+def test_stop_after_secondary_failover_stops_the_backend() -> None:
+    f, fake = make_filter()
+    f.failover(FailoverRole.SECONDARY)
+    assert not fake.stopped
+    f.stop()
+    assert fake.stopped
+    assert f.state is FilterState.STOPPED
+
+
+def test_stop_after_primary_failover_does_not_stop_twice() -> None:
+    f, fake = make_filter()
+    f.failover(FailoverRole.PRIMARY)
+    f.stop()
+    f.stop()
+    assert fake.ops().count("stop") == 1
+    assert f.state is FilterState.STOPPED
+
+
+def test_stop_twice_is_harmless() -> None:
+    f, fake = make_filter()
+    f.stop()
+    f.stop()
+    assert fake.ops() == ["start", "drain", "drop", "stop"]
+
+
+def test_stop_without_failover_does_not_count_failover_drops() -> None:
+    f, fake = make_filter()
+    fake.pending = [("a1", 10)]
+    f.stop()
+    assert fake.dropped == ["a1"]
+    assert f.status()["dropped_after_failover_packets"] == 0
+
+
+def test_filter_set_stop_stops_all_even_if_one_fails() -> None:
+    fs, (a, b), _ = make_set(2)
+    a.emit("a1")
+    b.emit("b1")
+    a.fail_stop = True
+    with pytest.raises(UsageError, match="stopping filters: tap0: fake-tap0 refused to stop"):
+        fs.stop()
+    assert a.stopped and b.stopped
+    assert a.released == [] and b.released == []
+    assert a.dropped == ["a1"] and b.dropped == ["b1"]
+    assert fs.fds() == {}
+
+
+# -- status -----------------------------------------------------------------
+
+
+def test_filter_set_status_shape() -> None:
+    fs, fakes, _ = make_set(2)
+    fill_two_epochs(fs, fakes)
+    fs.commit(1)
+    status = fs.status()
+    assert set(status) == {"open_epoch", "last_sealed", "last_released", "netdevs"}
+    assert (status["open_epoch"], status["last_sealed"], status["last_released"]) == (3, 2, 1)
+    netdevs = status["netdevs"]
+    assert isinstance(netdevs, list)
+    assert [n["netdev"] for n in netdevs] == ["tap0", "tap1"]
+    assert [n["backend"] for n in netdevs] == ["fake-tap0", "fake-tap1"]
+    assert [n["state"] for n in netdevs] == ["buffering", "buffering"]
+    assert [n["held_packets"] for n in netdevs] == [2, 2]
+    epochs = netdevs[0]["epochs"]
+    assert [(e["epoch"], e["sealed"], e["held_packets"]) for e in epochs] == [
+        (2, True, 1),
+        (3, False, 1),
+    ]
+
+
+def test_filter_set_fds_maps_fileno_to_filter() -> None:
+    fs, _, _ = make_set(3)
+    assert fs.fds() == {100: fs.filters[0], 101: fs.filters[1], 102: fs.filters[2]}
+    fs.filters[1].failover(FailoverRole.PRIMARY)
+    assert fs.fds() == {100: fs.filters[0], 102: fs.filters[2]}
