@@ -41,7 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="host netdev carrying guest output (repeat for each)",
     )
     _add_socket(run)
-    run.add_argument("--backend", default="nfqueue", help="buffer backend (default: nfqueue)")
+    run.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "tap", "nfqueue"),
+        help="tap: every Ethernet frame; nfqueue: IP packets only; auto (default): tap "
+        "where the kernel allows it, else nfqueue",
+    )
     run.add_argument(
         "--max-packets",
         type=int,
@@ -64,9 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of a limit that asks for an early checkpoint",
     )
     run.add_argument(
+        "--no-batch-release",
         "--no-batch-verdict",
+        dest="no_batch_release",
         action="store_true",
-        help="one verdict per packet instead of one per epoch (slower)",
+        help="release packet by packet instead of in batches (slower)",
     )
     _add_json(run)
 
@@ -203,15 +211,15 @@ def format_status(status: dict[str, Any]) -> str:
 
 
 def _cleanup(args: argparse.Namespace) -> int:
-    from colonet.buffer import iptables
+    from colonet.buffer import iptables, tc_steering
     from colonet.net.privilege import require_net_admin
 
     require_net_admin("colonet cleanup")
-    removed = iptables.cleanup(force=args.force)
+    removed = iptables.cleanup(force=args.force) + tc_steering.cleanup(force=args.force)
     if args.json:
         print(json.dumps({"ok": True, "result": {"removed": removed}}))
     else:
         for line in removed:
             print(f"removed {line}")
-        print(f"{len(removed)} colonet rule(s) removed")
+        print(f"{len(removed)} colonet item(s) removed")
     return 0

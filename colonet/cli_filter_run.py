@@ -7,8 +7,7 @@ import json
 import logging
 
 from colonet.buffer.epoch_queue import BufferLimitError, BufferLimits
-from colonet.buffer.filter_set import FilterSet
-from colonet.buffer.nfqueue import NfqueueConfig
+from colonet.buffer.filter_set import BackendOptions, FilterSet
 from colonet.control.server import claim_socket_path
 from colonet.errors import UsageError
 from colonet.filter_daemon import FilterDaemon
@@ -34,23 +33,19 @@ def run_filters(args: argparse.Namespace) -> int:
         args.netdev,
         backend=args.backend,
         limits=limits,
-        nfqueue_config=NfqueueConfig(batch_verdicts=not args.no_batch_verdict),
+        options=BackendOptions(batch_release=not args.no_batch_release),
         on_high_water=lambda netdev: daemon.on_high_water(netdev) if daemon else None,
     )
     daemon = FilterDaemon(filters, args.socket)
     try:
         daemon.open()
-        ready = {
-            "event": "ready",
-            "socket": args.socket,
-            "netdevs": args.netdev,
-            "backend": args.backend,
-        }
+        backends = {f.netdev: f.backend.name for f in filters.filters}
+        ready = {"event": "ready", "socket": args.socket, "backends": backends}
+        attached = ", ".join(f"{netdev} ({kind})" for netdev, kind in backends.items())
         print(
             json.dumps(ready)
             if args.json
-            else f"colonet: buffering {', '.join(args.netdev)} ({args.backend}); "
-            f"control socket {args.socket}",
+            else f"colonet: buffering {attached}; control socket {args.socket}",
             flush=True,
         )
         daemon.run()

@@ -8,17 +8,38 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from colonet.buffer.backend import Backend
 from colonet.buffer.epoch_queue import BufferLimits, EpochError
 from colonet.buffer.filter import FailoverRole, Filter, FilterState
 from colonet.buffer.nfqueue import NfqueueBackend, NfqueueConfig
-from colonet.errors import UsageError
-from colonet.net.links import describe_netdev
+from colonet.buffer.tap_backend import TapBackend, TapBackendConfig
+from colonet.errors import KernelSetupError, UsageError
+from colonet.net.links import NetdevInfo, describe_netdev
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("nfqueue",)
+BACKENDS = ("auto", "tap", "nfqueue")
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Per-backend settings; `batch_release` applies to whichever is used."""
+
+    batch_release: bool = True
+    nfqueue: NfqueueConfig = field(default_factory=NfqueueConfig)
+    tap: TapBackendConfig = field(default_factory=TapBackendConfig)
+
+
+def make_backend(
+    kind: str, info: NetdevInfo, limits: BufferLimits, options: BackendOptions
+) -> Backend:
+    if kind == "tap":
+        return TapBackend(info, replace(options.tap, batch_release=options.batch_release))
+    nfq = replace(options.nfqueue, batch_verdicts=options.batch_release)
+    return NfqueueBackend(info, limits.max_held_packets, nfq)
 
 
 class FilterSet:
@@ -32,15 +53,17 @@ class FilterSet:
         cls,
         netdevs: Sequence[str],
         *,
-        backend: str = "nfqueue",
+        backend: str = "auto",
         limits: BufferLimits | None = None,
-        nfqueue_config: NfqueueConfig | None = None,
+        options: BackendOptions | None = None,
         on_high_water: Callable[[str], None] | None = None,
     ) -> FilterSet:
         """Build and start one filter per netdev; all or none are attached.
 
         Every netdev is looked up before anything is installed, so a typo
-        in the last name changes nothing on the host.
+        in the last name changes nothing on the host. `auto` holds every
+        frame (tap backend) where the kernel allows it, else IP packets
+        only (nfqueue), and says so in the log and in `status`.
         """
         if backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
@@ -48,26 +71,42 @@ class FilterSet:
         if duplicates:
             raise UsageError(f"netdev named more than once: {', '.join(sorted(duplicates))}")
         limits = limits or BufferLimits()
+        options = options or BackendOptions()
         infos = [describe_netdev(name) for name in netdevs]
-        filters = [
-            Filter(
-                info.name,
-                NfqueueBackend(info, limits.max_held_packets, nfqueue_config),
-                limits,
-                on_high_water,
-            )
-            for info in infos
-        ]
+        first_choice = "tap" if backend == "auto" else backend
         started: list[Filter] = []
         try:
-            for f in filters:
-                f.start()
+            for info in infos:
+                f = Filter(
+                    info.name,
+                    make_backend(first_choice, info, limits, options),
+                    limits,
+                    on_high_water,
+                )
+                try:
+                    f.start()
+                except KernelSetupError as exc:
+                    if backend != "auto":
+                        raise
+                    log.warning(
+                        "%s: the tap backend is unavailable (%s); falling back to nfqueue, "
+                        "which holds IP packets only",
+                        info.name,
+                        exc,
+                    )
+                    f = Filter(
+                        info.name,
+                        make_backend("nfqueue", info, limits, options),
+                        limits,
+                        on_high_water,
+                    )
+                    f.start()
                 started.append(f)
         except BaseException:
             for f in reversed(started):
                 f.stop()
             raise
-        return cls(filters)
+        return cls(started)
 
     # -- the hooks --------------------------------------------------------
 

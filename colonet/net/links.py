@@ -15,6 +15,7 @@ class NetdevInfo:
 
     name: str
     index: int
+    mtu: int
     kind: str | None
     master: str | None
     master_kind: str | None
@@ -45,6 +46,7 @@ def describe_netdev(name: str) -> NetdevInfo:
         return NetdevInfo(
             name=name,
             index=link["index"],
+            mtu=link.get("mtu") or 1500,
             kind=link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND"),
             master=master,
             master_kind=master_kind,

@@ -45,13 +45,19 @@ def veth_topology(request: pytest.FixtureRequest) -> Topology:
     return topo.build()
 
 
+@pytest.fixture(params=["nfqueue", "tap"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every filter test runs against both buffer backends."""
+    return request.param
+
+
 @pytest.fixture
-def start_filter(request: pytest.FixtureRequest):
+def start_filter(request: pytest.FixtureRequest, backend: str):
     """start_filter(topology, *extra_args) -> FilterProcess, stopped at teardown."""
     started: list[FilterProcess] = []
 
     def start(topo: Topology, *extra: str, netdevs: tuple[str, ...] | None = None):
-        proc = FilterProcess.start(topo, *extra, netdevs=netdevs)
+        proc = FilterProcess.start(topo, "--backend", backend, *extra, netdevs=netdevs)
         started.append(proc)
         return proc
 

@@ -41,6 +41,10 @@ class FilterProcess:
     tmpdir: str
     ready: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def backend(self) -> str:
+        return next(iter(self.ready["backends"].values()))
+
     @classmethod
     def start(
         cls, topo: Topology, *extra: str, netdevs: tuple[str, ...] | None = None
@@ -179,21 +183,42 @@ def nothing_waiting(sock: socket.socket, wait_s: float = 0.3) -> bool:
 
 
 def host_kernel_state(topo: Topology) -> dict[str, Any]:
-    """What colonet may have left in the host namespace."""
+    """What colonet may have installed in the host namespace."""
 
     def read() -> dict[str, Any]:
         with open("/proc/thread-self/net/netfilter/nfnetlink_queue") as f:
             queues = f.read().split("\n")
-        return {"queues": [q for q in queues if q.strip()]}
+        # Queue number and owner only: the counters move with traffic.
+        return {"queues": [" ".join(q.split()[:2]) for q in queues if q.strip()]}
+
+    def run(*argv: str) -> str:
+        return subprocess.run(
+            in_ns(topo.host_ns, list(argv)), capture_output=True, text=True
+        ).stdout
 
     state = run_in_netns(topo.host_ns, read)
-    rules = []
-    for tool in ("iptables-save", "ip6tables-save"):
-        out = subprocess.run(in_ns(topo.host_ns, [tool]), capture_output=True, text=True).stdout
-        rules += [line for line in out.splitlines() if "colonet" in line]
-    links = subprocess.run(
-        in_ns(topo.host_ns, ["ip", "-o", "link"]), capture_output=True, text=True
-    ).stdout
-    state["rules"] = rules
+    state["rules"] = [
+        line
+        for tool in ("iptables-save", "ip6tables-save")
+        for line in run(tool).splitlines()
+        if "colonet" in line
+    ]
+    links = run("ip", "-o", "link")
     state["links"] = sorted(line.split(":")[1].strip().split("@")[0] for line in links.splitlines())
+    state["qdiscs"] = run("tc", "qdisc", "show").splitlines()
+    state["filters"] = [
+        line
+        for dev in (topo.netdev, "cli0")
+        for line in run("tc", "filter", "show", "dev", dev, "ingress").splitlines()
+    ]
     return state
+
+
+def colonet_footprint(state: dict[str, Any]) -> list[str]:
+    """The parts of a host state that only colonet puts there."""
+    return [
+        *state["rules"],
+        *state["queues"],
+        *(link for link in state["links"] if link.startswith("cn")),
+        *state["filters"],
+    ]
