@@ -52,6 +52,7 @@ class Topology:
     # output too and waits for a commit, so a test that holds an epoch for
     # seconds would otherwise see the guest's neighbour entries fail.
     static_neighbours: bool = True
+    mtu: int = 1500
     relay: subprocess.Popen | None = field(default=None, repr=False)
     _made: list[str] = field(default_factory=list, repr=False)
 
@@ -80,6 +81,8 @@ class Topology:
                 self._build_bridged_tap()
             else:
                 self._build_routed_veth()
+            if self.mtu != 1500:
+                self._set_mtu()
             if self.static_neighbours:
                 self._pin_neighbours()
         except BaseException:
@@ -159,6 +162,17 @@ class Topology:
                 ipr.route("add", dst="default", gateway=gw4)
             if gw6:
                 ipr.route("add", dst="default", gateway=gw6, family=10)
+
+    def _set_mtu(self) -> None:
+        for ns in (self.guest_ns, self.host_ns, self.client_ns):
+            with NetNS(ns) as ipr:
+                links = [link for link in ipr.get_links() if link.get("ifname") != "lo"]
+                # Bridges last: their MTU may not exceed their ports'.
+                links.sort(
+                    key=lambda link: link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "bridge"
+                )
+                for link in links:
+                    ipr.link("set", index=link["index"], mtu=self.mtu)
 
     def _pin_neighbours(self) -> None:
         guest_mac = _mac(self.guest_ns, "eth0")
