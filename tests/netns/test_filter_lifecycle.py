@@ -13,6 +13,7 @@ import pytest
 from colonet.net.netns import socket_in_netns
 from tests.netns.harness import (
     PORT,
+    FilterProcess,
     client_receiver,
     colonet_argv,
     colonet_footprint,
@@ -260,3 +261,23 @@ def test_invalid_limits_are_refused(veth_topology):
     )
     assert done.returncode == 2
     assert "max_held_packets" in done.stderr
+
+
+@pytest.mark.parametrize("existing", ["clsact", "ingress"])
+def test_tap_backend_puts_an_existing_qdisc_back_as_it_was(veth_topology, existing, request):
+    """A netdev that already had an ingress/clsact qdisc keeps it, with only
+    colonet's filter added while running and removed afterwards."""
+    host = veth_topology.host_ns
+    subprocess.run(in_ns(host, ["tc", "qdisc", "add", "dev", "gst0", existing]), check=True)
+    before = host_kernel_state(veth_topology)
+    filt = FilterProcess.start(veth_topology, "--backend", "tap")
+    request.addfinalizer(filt.kill)
+    assert any("colonet" in line for line in host_kernel_state(veth_topology)["filters"])
+    rx = client_receiver(veth_topology, socket.AF_INET)
+    tx = guest_sender(veth_topology, socket.AF_INET)
+    send_numbered(tx, (veth_topology.client_ip4, PORT), range(20), filt)
+    filt.call("checkpoint")
+    filt.call("commit")
+    assert receive_numbers(rx) == list(range(20))
+    filt.terminate()
+    assert host_kernel_state(veth_topology) == before
