@@ -9,7 +9,6 @@ unbuffered (DESIGN invariant 7).
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
@@ -17,6 +16,7 @@ import subprocess
 from dataclasses import dataclass
 
 from colonet.errors import KernelSetupError
+from colonet.net.owner import owner_alive
 
 TAG = "colonet"
 TABLE = "mangle"
@@ -114,16 +114,7 @@ def _owner_alive(spec: list[str]) -> bool:
     match = _PID_IN_COMMENT.search(" ".join(spec))
     if match is None:
         return False
-    pid = int(match.group(1))
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return owner_alive(int(match.group(1)))
 
 
 def cleanup(force: bool = False) -> list[str]:

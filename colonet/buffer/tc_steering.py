@@ -28,6 +28,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from colonet.buffer.bpf_program import steer_program
 from colonet.errors import KernelSetupError
 from colonet.net.bpf_syscall import load_sched_cls
+from colonet.net.owner import owner_alive
 
 ALIAS_TAG = "colonet "
 FILTER_PRIO = 0xC010
@@ -198,23 +199,11 @@ def leftover_records() -> list[SteeringRecord]:
         return records
 
 
-def _owner_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def cleanup(force: bool = False) -> list[str]:
     """Undo the steering of tap backends whose process is gone (all: `force`)."""
     removed = []
     for record in leftover_records():
-        if not force and _owner_alive(record.pid):
+        if not force and owner_alive(record.pid):
             continue
         unsteer(record)
         removed.append(

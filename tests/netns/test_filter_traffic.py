@@ -80,14 +80,20 @@ def test_commit_releases_epochs_in_order_up_to_the_one_named(topology, start_fil
     assert filt.call("commit", epoch=3)["released_packets"] == 0
 
 
-def test_failover_secondary_never_delivers_what_was_held(topology, start_filter):
+def _hold_sealed_and_open(topology, start_filter, sealed: int, total: int):
+    """A filter holding `sealed` packets in epoch 1 and the rest in epoch 2."""
     filt = start_filter(topology)
     rx = client_receiver(topology, socket.AF_INET)
     tx = guest_sender(topology, socket.AF_INET)
     dest = (topology.client_ip4, PORT)
-    send_numbered(tx, dest, range(300), filt)
+    send_numbered(tx, dest, range(sealed), filt)
     filt.call("checkpoint")
-    send_numbered(tx, dest, range(300, 400), filt)
+    send_numbered(tx, dest, range(sealed, total), filt)
+    return filt, rx, tx, dest
+
+
+def test_failover_secondary_never_delivers_what_was_held(topology, start_filter):
+    filt, rx, tx, dest = _hold_sealed_and_open(topology, start_filter, 300, 400)
 
     result = filt.call("failover", role="secondary")
     assert result["discarded_packets"] >= 400
@@ -101,13 +107,7 @@ def test_failover_secondary_never_delivers_what_was_held(topology, start_filter)
 
 
 def test_failover_primary_delivers_what_was_held_then_stops_buffering(topology, start_filter):
-    filt = start_filter(topology)
-    rx = client_receiver(topology, socket.AF_INET)
-    tx = guest_sender(topology, socket.AF_INET)
-    dest = (topology.client_ip4, PORT)
-    send_numbered(tx, dest, range(200), filt)
-    filt.call("checkpoint")
-    send_numbered(tx, dest, range(200, 300), filt)
+    filt, rx, tx, dest = _hold_sealed_and_open(topology, start_filter, 200, 300)
 
     result = filt.call("failover", role="primary")
     assert result["released_packets"] >= 300
