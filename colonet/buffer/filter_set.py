@@ -37,7 +37,11 @@ def make_backend(
     kind: str, info: NetdevInfo, limits: BufferLimits, options: BackendOptions
 ) -> Backend:
     if kind == "tap":
-        return TapBackend(info, replace(options.tap, batch_release=options.batch_release))
+        return TapBackend(
+            info,
+            replace(options.tap, batch_release=options.batch_release),
+            limits.max_held_packets,
+        )
     nfq = replace(options.nfqueue, batch_verdicts=options.batch_release)
     return NfqueueBackend(info, limits.max_held_packets, nfq)
 

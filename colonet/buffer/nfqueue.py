@@ -74,7 +74,7 @@ class NfqueueBackend:
         self._deliver: Deliver | None = None
         self.queue_num = -1
         self.last_id = 0
-        self.missed_notifications = 0
+        self._outstanding = 0  # delivered to us, no verdict yet
 
     # -- life cycle -----------------------------------------------------
 
@@ -149,21 +149,26 @@ class NfqueueBackend:
     # -- packets --------------------------------------------------------
 
     def _on_packet(self, packet: object) -> None:
-        packet_id = packet.id  # type: ignore[attr-defined]
-        if packet_id != self.last_id + 1 and self.last_id:
-            # Notifications lost to a full socket buffer; the packets are
-            # still queued and a batch verdict covers them in order.
-            self.missed_notifications += packet_id - self.last_id - 1
-        self.last_id = packet_id
+        # An id gap means the kernel could not notify us (socket buffer full)
+        # and dropped those packets itself; /proc counts them as user_dropped.
+        self.last_id = packet.id  # type: ignore[attr-defined]
+        self._outstanding += 1
         payload = packet.get_payload()  # type: ignore[attr-defined]
         assert self._deliver is not None
         self._deliver(packet, ip_packet_length(payload, len(payload)))
 
+    def _queue_status(self) -> dict[str, int]:
+        status = parse_queue_status(read_proc_net(QUEUE_STATUS), self.queue_num)
+        return status or {"id_sequence": 0, "queue_total": 0, "queue_dropped": 0, "user_dropped": 0}
+
     def describe(self) -> dict[str, object]:
+        status = self._queue_status() if self._nfq is not None else {}
         return {
             "queue": self.queue_num,
             "batch_verdicts": self.config.batch_verdicts,
-            "missed_notifications": self.missed_notifications,
+            # Dropped by the kernel before colonet saw them: queue full, or
+            # no room in our socket for the notification.
+            "kernel_dropped": status.get("queue_dropped", 0) + status.get("user_dropped", 0),
         }
 
     def fileno(self) -> int:
@@ -176,34 +181,36 @@ class NfqueueBackend:
             self._nfq.run(block=False)
 
     def drain(self) -> None:
-        """Read until we have seen the last id the kernel gave a packet.
+        """Read until nothing the kernel queued before this call is unseen.
 
         /proc's id_sequence is the id of the newest packet the kernel put in
-        our queue, so reaching it means nothing emitted earlier is pending.
+        our queue: reaching it means nothing emitted earlier is pending. If
+        the kernel dropped that packet instead (no room for its
+        notification), queue_total, the packets it still holds for us, tells
+        that everything queued has been seen.
         """
         if self._nfq is None:
             return
-        status = parse_queue_status(read_proc_net(QUEUE_STATUS), self.queue_num)
-        target = status["id_sequence"] if status else 0
+        target = self._queue_status()["id_sequence"]
         deadline = time.monotonic() + self.config.drain_timeout_ms / 1000
         fd = self._nfq.get_fd()
         while True:
             self._nfq.run(block=False)
             if self.last_id >= target:
                 return
+            if self._queue_status()["queue_total"] <= self._outstanding:
+                return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            select.select([fd], [], [], remaining)
-        lost = target - self.last_id
-        self.missed_notifications += lost
+            select.select([fd], [], [], min(remaining, 0.005))
         log.warning(
-            "nfqueue %d: %d packet notifications never arrived; the packets stay "
-            "queued and are released or dropped with their epoch",
+            "nfqueue %d: packets up to id %d still unseen after %d ms; the epoch is sealed "
+            "without them and they follow in the next one",
             self.queue_num,
-            lost,
+            target,
+            self.config.drain_timeout_ms,
         )
-        self.last_id = target
 
     def release(self, packets: Sequence[object]) -> None:
         self._verdict(packets, NF_ACCEPT)
@@ -221,6 +228,7 @@ class NfqueueBackend:
         """
         if not packets or self._nfq is None:
             return
+        self._outstanding -= len(packets)
         if self.config.batch_verdicts and len(packets) > 1:
             assert self._verdict_sock is not None
             last = packets[-1].id  # type: ignore[attr-defined]

@@ -37,7 +37,9 @@ ETH_HLEN_WITH_VLAN = 18
 
 @dataclass(frozen=True)
 class TapBackendConfig:
-    capture_queue_len: int = 16384  # frames the capture tap may hold unread
+    # Frames the capture tap may hold unread; at least the filter's packet
+    # limit, so the kernel never drops what colonet would still accept.
+    capture_queue_len: int = 65536
     tx_ring_slots: int = 1024
     batch_release: bool = True
 
@@ -51,9 +53,15 @@ class TapBackendConfig:
 class TapBackend:
     name = "tap"
 
-    def __init__(self, netdev: NetdevInfo, config: TapBackendConfig | None = None) -> None:
+    def __init__(
+        self,
+        netdev: NetdevInfo,
+        config: TapBackendConfig | None = None,
+        max_held_packets: int = 0,
+    ) -> None:
         self.netdev = netdev
         self.config = config or TapBackendConfig()
+        self._capture_queue_len = max(self.config.capture_queue_len, max_held_packets + 1024)
         # Names carry the netdev's index: unique per namespace, under 16 chars.
         self.capture_link = f"cnc{netdev.index}"
         self.release_links = (f"cnr{netdev.index}a", f"cnr{netdev.index}b")
@@ -71,7 +79,7 @@ class TapBackend:
             self._fd = open_tap(self.capture_link)
             os.set_blocking(self._fd, False)
             capture_index = tc_steering.prepare_capture_link(
-                self.capture_link, self.mtu, self.config.capture_queue_len
+                self.capture_link, self.mtu, self._capture_queue_len
             )
             tc_steering.create_release_link(*self.release_links, self.netdev.name, self.mtu)
             self._release_created = True
@@ -92,10 +100,12 @@ class TapBackend:
     def fileno(self) -> int:
         return self._fd
 
-    def poll(self) -> None:
-        """Read every frame waiting in the capture tap."""
+    def poll(self, budget: int = 4096) -> None:
+        """Read up to `budget` waiting frames (so a flood cannot starve the
+        control socket; the event loop comes back while more are ready)."""
         assert self._deliver is not None
-        while self._fd >= 0:
+        while self._fd >= 0 and budget > 0:
+            budget -= 1
             try:
                 frame = os.read(self._fd, MAX_FRAME)
             except BlockingIOError:
@@ -106,9 +116,13 @@ class TapBackend:
                 raise
             self._deliver(frame, len(frame))
 
-    # The capture tap is a FIFO fed synchronously by the redirect: once it
-    # reads empty, every frame that reached the netdev before is delivered.
-    drain = poll
+    def drain(self) -> None:
+        """Read until the capture tap is empty.
+
+        The tap is a FIFO fed synchronously by the redirect: once it reads
+        empty, every frame that reached the netdev before is delivered.
+        """
+        self.poll(budget=self._capture_queue_len)
 
     def release(self, packets: Sequence[object]) -> None:
         if not packets or self._sock is None:

@@ -9,6 +9,7 @@ instead of 10,000.
 from __future__ import annotations
 
 import mmap
+import select
 import socket
 import struct
 from collections.abc import Sequence
@@ -20,7 +21,6 @@ PACKET_LOSS = 14
 TPACKET_V2 = 1
 TP_STATUS_AVAILABLE = 0
 TP_STATUS_SEND_REQUEST = 1
-TP_STATUS_WRONG_FORMAT = 4
 # sizeof(struct tpacket2_hdr) rounded to TPACKET_ALIGNMENT: where data starts
 TPACKET2_DATA_OFFSET = 32
 _STATUS = struct.Struct("<I")
@@ -46,14 +46,13 @@ class PacketTxRing:
         blocks = -(-slots // per_block)
         self.slots = blocks * per_block
         sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
-        # A malformed slot is skipped (and counted) instead of blocking the ring.
+        # A malformed slot is skipped instead of blocking the ring for good.
         sock.setsockopt(SOL_PACKET, PACKET_LOSS, 1)
         req = struct.pack("IIII", block_size, blocks, self.slot_size, self.slots)
         sock.setsockopt(SOL_PACKET, PACKET_TX_RING, req)
         self._ring = mmap.mmap(sock.fileno(), block_size * blocks)
         self._view = memoryview(self._ring)
         self._next = 0
-        self.wrong_format = 0
         self.syscalls = 0
 
     @property
@@ -61,15 +60,22 @@ class PacketTxRing:
         return self.slot_size - TPACKET2_DATA_OFFSET
 
     def send_frames(self, frames: Sequence[bytes]) -> None:
-        """Transmit `frames` in order: fill slots, flush when the ring is full."""
+        """Transmit `frames` in order: fill slots, kick the kernel once.
+
+        The kick does not wait for the frames to be freed (MSG_DONTWAIT): the
+        kernel has transmitted every ready slot when `send` returns, and a
+        slot is reused only once the kernel has handed it back.
+        """
         pending = 0
         for frame in frames:
             if len(frame) > self.max_frame:
                 raise ValueError(f"frame of {len(frame)} bytes exceeds the ring's {self.max_frame}")
-            if pending == self.slots:
-                self._flush(pending)
-                pending = 0
             off = self._next * self.slot_size
+            if _STATUS.unpack_from(self._ring, off)[0] != TP_STATUS_AVAILABLE:
+                if pending:
+                    self._kick()
+                    pending = 0
+                self._wait_available(off)
             self._view[off + TPACKET2_DATA_OFFSET : off + TPACKET2_DATA_OFFSET + len(frame)] = frame
             _LEN.pack_into(self._ring, off + 4, len(frame))
             # Status last: the slot belongs to the kernel from this store on.
@@ -77,18 +83,17 @@ class PacketTxRing:
             self._next = (self._next + 1) % self.slots
             pending += 1
         if pending:
-            self._flush(pending)
+            self._kick()
 
-    def _flush(self, count: int) -> None:
-        # Blocking send waits until the kernel has sent every ready slot.
-        self.sock.send(b"")
+    def _kick(self) -> None:
+        self.sock.send(b"", socket.MSG_DONTWAIT)
         self.syscalls += 1
-        for back in range(1, count + 1):
-            slot = (self._next - back) % self.slots
-            status = _STATUS.unpack_from(self._ring, slot * self.slot_size)[0]
-            if status == TP_STATUS_WRONG_FORMAT:
-                self.wrong_format += 1
-                _STATUS.pack_into(self._ring, slot * self.slot_size, TP_STATUS_AVAILABLE)
+
+    def _wait_available(self, off: int) -> None:
+        poller = select.poll()
+        poller.register(self.sock, select.POLLOUT)
+        while _STATUS.unpack_from(self._ring, off)[0] != TP_STATUS_AVAILABLE:
+            poller.poll(10)
 
     def close(self) -> None:
         self._view.release()
