@@ -1,0 +1,1 @@
+"""The checkpoint protocol: frames, messages, state machines, page encoding, RAM cache."""

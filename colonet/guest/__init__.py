@@ -1,0 +1,1 @@
+"""The guest interface and its implementations (the embedded guest)."""
