@@ -1,0 +1,213 @@
+"""The primary's checkpoint engine: owns the guest, the clock and the socket.
+
+One checkpoint (DESIGN "Checkpoint protocol"):
+
+    CHECKPOINT_REQUEST -> wait CHECKPOINT_REPLY
+    pause the guest; seal epoch N on every filter (begin_checkpoint)
+    encode dirty pages + device state into the send buffer
+    resume the guest (speculative) -- or after LOADED (strict)
+    send the body -> wait VMSTATE_RECEIVED -> release epoch N (commit)
+    wait VMSTATE_LOADED (and release only now with release_at="loaded")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from colonet.checkpoint.hooks import FilterHooks
+from colonet.checkpoint.messages import (
+    CheckpointLoaded,
+    CheckpointReceived,
+    Event,
+    HeartbeatReceived,
+    HelloReceived,
+    ReplyReceived,
+    SecondaryReady,
+)
+from colonet.checkpoint.pages import encode_checkpoint
+from colonet.checkpoint.protocol import PrimaryProtocol
+from colonet.checkpoint.transport import Channel, PeerLost
+from colonet.guest.base import Guest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    checkpoint_delay_ms: int = 100
+    chunk_size: int = 1 << 20
+    speculative: bool = True  # resume once the checkpoint is in the send buffer
+    release_at: str = "received"  # or "loaded": the stricter mode
+    compress: bool = False
+    reply_timeout_ms: int = 5000
+    record_ram_digest: bool = False  # sha256 of RAM per checkpoint (tests)
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_delay_ms <= 0:
+            raise ValueError(f"checkpoint_delay_ms {self.checkpoint_delay_ms} must be positive")
+        if self.release_at not in ("received", "loaded"):
+            raise ValueError(f"release_at must be 'received' or 'loaded', not {self.release_at!r}")
+        if self.chunk_size <= 0:
+            raise ValueError(f"chunk_size {self.chunk_size} must be positive")
+
+
+@dataclass(frozen=True)
+class CheckpointStats:
+    epoch: int
+    full: bool
+    dirty_pages: int
+    body_bytes: int
+    pause_ms: float
+    transfer_ms: float  # body sent -> VMSTATE_RECEIVED
+    total_ms: float
+    ram_digest: bytes | None = None
+
+
+class PrimaryEngine:
+    def __init__(
+        self,
+        guest: Guest,
+        channel: Channel,
+        hooks: FilterHooks,
+        config: EngineConfig | None = None,
+        on_checkpoint: Callable[[CheckpointStats], None] | None = None,
+    ) -> None:
+        if not isinstance(channel.proto, PrimaryProtocol):
+            raise TypeError("the primary engine needs a PrimaryProtocol channel")
+        self.guest = guest
+        self.channel = channel
+        self.proto: PrimaryProtocol = channel.proto
+        self.hooks = hooks
+        self.config = config or EngineConfig()
+        self.on_checkpoint = on_checkpoint
+        self.history: list[CheckpointStats] = []
+        self._early = threading.Event()
+        self._stop = threading.Event()
+
+    # -- public ---------------------------------------------------------
+
+    def connect(self, guest_name: str = "guest") -> None:
+        """HELLO both ways, then the full first checkpoint, then READY."""
+        self.proto.send_hello(self.guest.page_size, self.guest.ram_pages, guest_name)
+        self.channel.flush()
+        self._wait(HelloReceived)
+        self.checkpoint(full=True)
+        self._wait(SecondaryReady)
+
+    def request_early_checkpoint(self) -> None:
+        """From any thread (a filter's high-water mark, a CLI call)."""
+        self._early.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._early.set()
+
+    def run(self, max_checkpoints: int | None = None) -> None:
+        """Checkpoint every `checkpoint_delay_ms` (or early) until stopped."""
+        done = 0
+        delay = self.config.checkpoint_delay_ms / 1000
+        while not self._stop.is_set() and (max_checkpoints is None or done < max_checkpoints):
+            deadline = time.monotonic() + delay
+            while not self._early.is_set() and time.monotonic() < deadline:
+                # Waiting also answers heartbeats and notices a dead peer.
+                event = self.channel.next_event(min(0.05, deadline - time.monotonic()))
+                if event is not None and not isinstance(event, HeartbeatReceived):
+                    raise PeerLost(
+                        "error", f"unexpected {type(event).__name__} between checkpoints"
+                    )
+            self._early.clear()
+            if self._stop.is_set():
+                break
+            self.checkpoint()
+            done += 1
+
+    def checkpoint(self, full: bool = False) -> CheckpointStats:
+        started = time.perf_counter()
+        epoch = (self.proto.last_epoch or 0) + 1
+        self.proto.request_checkpoint(epoch)
+        self.channel.flush()
+        self._wait(ReplyReceived)
+
+        self.guest.pause()
+        paused = time.perf_counter()
+        try:
+            sealed = self.hooks.begin_checkpoint()
+            if sealed != epoch:
+                log.debug("filters sealed epoch %d for checkpoint %d", sealed, epoch)
+            dirty = self.guest.collect_dirty()
+            ram = self.guest.ram_view()
+            body = encode_checkpoint(
+                epoch,
+                ram,
+                None if full else dirty,
+                self.guest.save_devices(),
+                compress=self.config.compress,
+            )
+            digest = hashlib.sha256(ram).digest() if self.config.record_ram_digest else None
+            ram.release()
+            self.proto.send_checkpoint(epoch, body, self.config.chunk_size)
+        finally:
+            if self.config.speculative:
+                self.guest.resume()
+        pause_ms = (time.perf_counter() - paused) * 1000
+        try:
+            sent = time.perf_counter()
+            self.channel.flush()
+            self._wait(CheckpointReceived)
+            transfer_ms = (time.perf_counter() - sent) * 1000
+            if self.config.release_at == "received":
+                self.hooks.commit(sealed)
+            self._wait(CheckpointLoaded)
+            if self.config.release_at == "loaded":
+                self.hooks.commit(sealed)
+        finally:
+            if not self.config.speculative:
+                self.guest.resume()
+        stats = CheckpointStats(
+            epoch=epoch,
+            full=full,
+            dirty_pages=len(dirty),
+            body_bytes=len(body),
+            pause_ms=pause_ms,
+            transfer_ms=transfer_ms,
+            total_ms=(time.perf_counter() - started) * 1000,
+            ram_digest=digest,
+        )
+        self.history.append(stats)
+        if self.on_checkpoint:
+            self.on_checkpoint(stats)
+        log.info(
+            "checkpoint %d: %d dirty pages, %d bytes, pause %.1f ms, transfer %.1f ms",
+            epoch,
+            stats.dirty_pages,
+            stats.body_bytes,
+            pause_ms,
+            transfer_ms,
+        )
+        return stats
+
+    def shutdown(self, reason: str = "primary stopping") -> None:
+        self.proto.send_shutdown(reason)
+        self.channel.flush()
+
+    # -- helpers ----------------------------------------------------------
+
+    def _wait(self, kind: type[Event]) -> Event:
+        deadline = time.monotonic() + self.config.reply_timeout_ms / 1000
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PeerLost(
+                    "heartbeat", f"no {kind.__name__} within {self.config.reply_timeout_ms} ms"
+                )
+            event = self.channel.next_event(remaining)
+            if event is None or isinstance(event, HeartbeatReceived):
+                continue
+            if isinstance(event, kind):
+                return event
+            raise PeerLost("error", f"expected {kind.__name__}, got {type(event).__name__}")

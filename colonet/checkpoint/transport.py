@@ -1,0 +1,111 @@
+"""A protocol end on a TCP connection, with heartbeats and a dead-peer timer.
+
+Thin: bytes go from the socket into the sans-I/O protocol object and queued
+frames go back out. Waiting for an event also keeps the connection alive:
+a heartbeat leaves every `heartbeat_interval_ms`, and if nothing at all has
+arrived for `heartbeat_timeout_ms` the peer is declared lost. One
+full-duplex connection carries both directions; the secondary's replies
+(the return path) never wait behind the primary's bulk data because TCP
+buffers each direction separately.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from colonet.checkpoint.frames import ProtocolError
+from colonet.checkpoint.messages import Event
+from colonet.checkpoint.protocol import PrimaryProtocol, SecondaryProtocol
+from colonet.errors import ColonetError
+
+
+class PeerLost(ColonetError):
+    """The replication peer is gone; `reason` is heartbeat, closed or error."""
+
+    exit_code = 7
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    heartbeat_interval_ms: int = 100
+    heartbeat_timeout_ms: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval_ms <= 0:
+            raise ValueError("heartbeat_interval_ms must be positive")
+        if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms:
+            raise ValueError("heartbeat_timeout_ms must exceed heartbeat_interval_ms")
+
+
+class Channel:
+    def __init__(
+        self,
+        sock: socket.socket,
+        proto: PrimaryProtocol | SecondaryProtocol,
+        config: ChannelConfig | None = None,
+    ) -> None:
+        self.sock = sock
+        self.proto = proto
+        self.config = config or ChannelConfig()
+        self._events: deque[Event] = deque()
+        now = time.monotonic()
+        self._last_heard = now
+        self._last_sent = now
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def flush(self) -> None:
+        data = self.proto.data_to_send()
+        if not data:
+            return
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise PeerLost("error", f"sending to the peer failed: {exc}") from None
+        self._last_sent = time.monotonic()
+
+    def next_event(self, timeout_s: float | None = None) -> Event | None:
+        """The next event, or None when `timeout_s` passes first."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        interval = self.config.heartbeat_interval_ms / 1000
+        while not self._events:
+            now = time.monotonic()
+            if now - self._last_sent >= interval and self.proto.local_hello is not None:
+                self.proto.send_heartbeat()
+                self.flush()
+            silent = now - self._last_heard
+            if silent * 1000 >= self.config.heartbeat_timeout_ms:
+                raise PeerLost("heartbeat", f"no frame from the peer for {silent * 1000:.0f} ms")
+            if deadline is not None and now >= deadline:
+                return None
+            wait = interval
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - now))
+            self._receive(wait)
+        return self._events.popleft()
+
+    def _receive(self, wait_s: float) -> None:
+        self.sock.settimeout(max(wait_s, 0.001))
+        try:
+            data = self.sock.recv(1 << 20)
+        except TimeoutError:
+            return
+        except OSError as exc:
+            raise PeerLost("error", f"receiving from the peer failed: {exc}") from None
+        try:
+            if not data:
+                self.proto.receive_eof()
+                raise PeerLost("closed", "the peer closed the connection")
+            self._last_heard = time.monotonic()
+            self._events.extend(self.proto.receive_data(data))
+        except ProtocolError as exc:
+            raise PeerLost("error", f"protocol error: {exc}") from exc
+
+    def close(self) -> None:
+        self.sock.close()

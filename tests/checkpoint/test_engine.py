@@ -1,0 +1,148 @@
+"""Primary and secondary engines over loopback TCP, with the embedded guest.
+
+No root needed: the guest's service and the replication link use loopback.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from colonet.checkpoint.hooks import CountingHooks
+from colonet.checkpoint.primary import EngineConfig, PrimaryEngine
+from colonet.checkpoint.protocol import PrimaryProtocol, SecondaryProtocol
+from colonet.checkpoint.secondary import SecondaryEngine
+from colonet.checkpoint.transport import Channel, ChannelConfig, PeerLost
+from colonet.guest.counter_store import REPLY, REQUEST, CounterStore
+from colonet.guest.embedded import EmbeddedGuest, EmbeddedGuestConfig
+from colonet.guest.ram import GuestRam
+
+
+class RecordingHooks(CountingHooks):
+    """Counts epochs and records the order of hook calls against the guest."""
+
+    def __init__(self, guest: EmbeddedGuest) -> None:
+        super().__init__()
+        self.guest = guest
+        self.calls: list[tuple[str, int, bool]] = []
+
+    def begin_checkpoint(self) -> int:
+        epoch = super().begin_checkpoint()
+        self.calls.append(("begin", epoch, self.guest._paused))
+        return epoch
+
+    def commit(self, upto: int | None = None) -> object:
+        self.calls.append(("commit", upto or 0, self.guest._paused))
+        return super().commit(upto)
+
+
+@pytest.fixture
+def link():
+    """A connected (primary, secondary) pair of TCP sockets on loopback."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    primary = socket.create_connection(listener.getsockname())
+    secondary, _ = listener.accept()
+    listener.close()
+    yield primary, secondary
+    primary.close()
+    secondary.close()
+
+
+def _secondary(sock, applied: dict[int, bytes]) -> tuple[SecondaryEngine, threading.Thread, list]:
+    engine = SecondaryEngine(
+        Channel(sock, SecondaryProtocol()),
+        on_applied=lambda epoch, cache: applied.__setitem__(epoch, cache.digest()),
+    )
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(engine.serve()), daemon=True)
+    thread.start()
+    return engine, thread, result
+
+
+def test_secondary_ram_equals_primary_ram_at_every_checkpoint(link):
+    guest = EmbeddedGuest(
+        EmbeddedGuestConfig(
+            ram_pages=1024, service_ip="127.0.0.1", service_port=0, workload_pages_per_s=2000
+        )
+    )
+    guest.activate()
+    applied: dict[int, bytes] = {}
+    secondary, thread, result = _secondary(link[1], applied)
+    hooks = RecordingHooks(guest)
+    engine = PrimaryEngine(
+        guest,
+        Channel(link[0], PrimaryProtocol()),
+        hooks,
+        EngineConfig(checkpoint_delay_ms=20, record_ram_digest=True),
+    )
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(2)
+    try:
+        engine.connect()
+        for request_id in range(1, 6):
+            client.sendto(REQUEST.pack(b"INC ", request_id), guest.service_address)
+            assert REPLY.unpack(client.recv(64)) == (request_id, request_id)
+            engine.run(max_checkpoints=2)
+        engine.shutdown()
+        thread.join(timeout=10)
+    finally:
+        client.close()
+        guest.shutdown()
+    primary_digests = {s.epoch: s.ram_digest for s in engine.history}
+    assert len(primary_digests) == 11  # the full sync + 5 x 2
+    assert applied == primary_digests
+    assert engine.history[0].full and engine.history[0].dirty_pages == 1024
+    assert all(s.dirty_pages < 1024 for s in engine.history[1:])
+    assert result[0].reason == "shutdown" and result[0].last_applied == 11
+    # The counter the client saw is in the secondary's copy of RAM.
+    copy = GuestRam(1024)
+    copy.load(secondary.cache.view())
+    assert CounterStore(copy).value == 5
+    # Filters were sealed while the guest was paused, released after.
+    for name, epoch, paused in hooks.calls:
+        assert paused == (name == "begin"), (name, epoch)
+    assert [c[:2] for c in hooks.calls[:2]] == [("begin", 1), ("commit", 1)]
+
+
+def test_secondary_stays_on_last_checkpoint_when_the_primary_dies_mid_transfer(link):
+    guest = EmbeddedGuest(EmbeddedGuestConfig(ram_pages=256, workload_pages_per_s=0))
+    applied: dict[int, bytes] = {}
+    secondary, thread, result = _secondary(link[1], applied)
+    engine = PrimaryEngine(guest, Channel(link[0], PrimaryProtocol()), CountingHooks())
+    engine.connect()
+    guest.ram.write(0, b"x" * 8192)
+    # Checkpoint 2 starts, but the primary dies after half of its body.
+    engine.proto.request_checkpoint(2)
+    engine.channel.flush()
+    while engine.channel.next_event(1.0) is None:
+        pass
+    from colonet.checkpoint.pages import encode_checkpoint
+
+    body = encode_checkpoint(2, guest.ram_view(), guest.collect_dirty(), [])
+    engine.proto.send_checkpoint(2, body, 1024)
+    wire = engine.proto.data_to_send()
+    link[0].sendall(wire[: len(wire) // 2])
+    link[0].close()
+    thread.join(timeout=10)
+    assert result[0].reason in ("closed", "error")
+    assert result[0].last_applied == 1
+    assert list(applied) == [1]
+    guest.shutdown()
+
+
+def test_dead_peer_is_detected_by_heartbeat(link):
+    channel = Channel(
+        link[0],
+        PrimaryProtocol(),
+        ChannelConfig(heartbeat_interval_ms=20, heartbeat_timeout_ms=200),
+    )
+    channel.proto.send_hello(4096, 64, "p")
+    channel.flush()
+    started = time.monotonic()
+    with pytest.raises(PeerLost, match="no frame from the peer") as info:
+        channel.next_event(5.0)
+    assert info.value.reason == "heartbeat"
+    assert time.monotonic() - started < 2.0
