@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_json(cleanup)
 
+    from colonet.cli_engine import add_engine_parsers
+
+    add_engine_parsers(sub)
+
     demo = sub.add_parser("demo", help="end-to-end demo in namespaces it builds and removes")
     demo.add_argument("--duration", type=float, default=5.0, metavar="S")
     demo.add_argument(
@@ -150,6 +154,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _filter_request(args)
     if args.command == "cleanup":
         return _cleanup(args)
+    if args.command in ("primary", "secondary"):
+        from colonet.cli_engine import run_primary, run_secondary
+
+        return run_primary(args) if args.command == "primary" else run_secondary(args)
+    if args.command in ("checkpoint", "status"):
+        return _engine_request(args)
     if args.command == "demo":
         from colonet.demo import run_demo
 
@@ -222,4 +232,23 @@ def _cleanup(args: argparse.Namespace) -> int:
         for line in removed:
             print(f"removed {line}")
         print(f"{len(removed)} colonet item(s) removed")
+    return 0
+
+
+def _engine_request(args: argparse.Namespace) -> int:
+    from colonet.control.client import request
+
+    result = request(args.socket, {"op": args.command})
+    if args.json:
+        print(json.dumps({"ok": True, "result": result}))
+    elif args.command == "checkpoint":
+        print("checkpoint requested")
+    else:
+        last = result.get("last") or {}
+        print(
+            f"checkpoints: {result['checkpoints']}; last: epoch {last.get('epoch')}, "
+            f"pause {last.get('pause_ms')} ms, transfer {last.get('transfer_ms')} ms"
+        )
+        if "filters" in result:
+            print(format_status(result["filters"]))
     return 0

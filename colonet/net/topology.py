@@ -53,6 +53,8 @@ class Topology:
     # seconds would otherwise see the guest's neighbour entries fail.
     static_neighbours: bool = True
     mtu: int = 1500
+    with_secondary: bool = False  # a fourth namespace on a replication link
+    secondary_ip4: str = "10.203.0.2"
     relay: subprocess.Popen | None = field(default=None, repr=False)
     _made: list[str] = field(default_factory=list, repr=False)
 
@@ -69,14 +71,23 @@ class Topology:
         return self.prefix + "c"
 
     @property
+    def secondary_ns(self) -> str:
+        return self.prefix + "s"
+
+    @property
     def mode(self) -> str:
         return "bridged" if self.link == "tap" else "routed"
 
     def build(self) -> Topology:
         try:
-            for name in (self.guest_ns, self.host_ns, self.client_ns):
+            names = [self.guest_ns, self.host_ns, self.client_ns]
+            if self.with_secondary:
+                names.append(self.secondary_ns)
+            for name in names:
                 netns.create(name)
                 self._made.append(name)
+            if self.with_secondary:
+                self._build_replication_link()
             if self.link == "tap":
                 self._build_bridged_tap()
             else:
@@ -89,6 +100,23 @@ class Topology:
             self.destroy()
             raise
         return self
+
+    def _build_replication_link(self) -> None:
+        with NetNS(self.host_ns) as host:
+            host.link(
+                "add",
+                ifname="rep0",
+                kind="veth",
+                peer={"ifname": "eth0", "net_ns_fd": self.secondary_ns},
+            )
+            index = host.link_lookup(ifname="rep0")[0]
+            host.addr("add", index=index, address="10.203.0.1", prefixlen=24)
+            host.link("set", index=index, state="up")
+        with NetNS(self.secondary_ns) as sec:
+            _up(sec, "lo")
+            index = sec.link_lookup(ifname="eth0")[0]
+            sec.addr("add", index=index, address=self.secondary_ip4, prefixlen=24)
+            sec.link("set", index=index, state="up")
 
     def _build_routed_veth(self) -> None:
         self.guest_ip4, self.guest_ip6 = "10.201.0.2", "fd01:201::2"
