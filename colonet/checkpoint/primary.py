@@ -65,6 +65,7 @@ class CheckpointStats:
     pause_ms: float
     transfer_ms: float  # body sent -> VMSTATE_RECEIVED
     total_ms: float
+    released_packets: int | None = None  # what the filters let go at commit
     ram_digest: bytes | None = None
 
 
@@ -161,10 +162,10 @@ class PrimaryEngine:
             self._wait(CheckpointReceived)
             transfer_ms = (time.perf_counter() - sent) * 1000
             if self.config.release_at == "received":
-                self.hooks.commit(sealed)
+                released = self.hooks.commit(sealed)
             self._wait(CheckpointLoaded)
             if self.config.release_at == "loaded":
-                self.hooks.commit(sealed)
+                released = self.hooks.commit(sealed)
         finally:
             if not self.config.speculative:
                 self.guest.resume()
@@ -176,6 +177,9 @@ class PrimaryEngine:
             pause_ms=pause_ms,
             transfer_ms=transfer_ms,
             total_ms=(time.perf_counter() - started) * 1000,
+            released_packets=released.get("released_packets")
+            if isinstance(released, dict)
+            else None,
             ram_digest=digest,
         )
         self.history.append(stats)
