@@ -142,15 +142,17 @@ class PrimaryEngine:
                 log.debug("filters sealed epoch %d for checkpoint %d", sealed, epoch)
             dirty = self.guest.collect_dirty()
             ram = self.guest.ram_view()
-            body = encode_checkpoint(
-                epoch,
-                ram,
-                None if full else dirty,
-                self.guest.save_devices(),
-                compress=self.config.compress,
-            )
-            digest = hashlib.sha256(ram).digest() if self.config.record_ram_digest else None
-            ram.release()
+            try:
+                body = encode_checkpoint(
+                    epoch,
+                    ram,
+                    None if full else dirty,
+                    self.guest.save_devices(),
+                    compress=self.config.compress,
+                )
+                digest = hashlib.sha256(ram).digest() if self.config.record_ram_digest else None
+            finally:
+                ram.release()
             self.proto.send_checkpoint(epoch, body, self.config.chunk_size)
         finally:
             if self.config.speculative:

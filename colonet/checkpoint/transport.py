@@ -36,10 +36,17 @@ class PeerLost(ColonetError):
 class ChannelConfig:
     heartbeat_interval_ms: int = 100
     heartbeat_timeout_ms: int = 1000
+    # While a checkpoint is under way the peer is busy (encoding, staging,
+    # applying a large body) and sends nothing for a while: that silence is
+    # judged against this longer limit, not the idle heartbeat timeout.
+    checkpoint_timeout_ms: int = 30_000
+    send_chunk_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval_ms <= 0:
             raise ValueError("heartbeat_interval_ms must be positive")
+        if self.checkpoint_timeout_ms < self.heartbeat_timeout_ms:
+            raise ValueError("checkpoint_timeout_ms must be at least heartbeat_timeout_ms")
         if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms:
             raise ValueError("heartbeat_timeout_ms must exceed heartbeat_interval_ms")
 
@@ -64,11 +71,23 @@ class Channel:
         data = self.proto.data_to_send()
         if not data:
             return
+        # Sent in chunks, each with its own deadline: a body of a gigabyte
+        # may take seconds in all, but a peer that accepts nothing for the
+        # whole limit is gone. (A socket timeout bounds a whole sendall.)
+        view = memoryview(data)
+        step = self.config.send_chunk_bytes
+        self.sock.settimeout(self._silence_limit_s())
         try:
-            self.sock.sendall(data)
+            for offset in range(0, len(view), step):
+                self.sock.sendall(view[offset : offset + step])
         except OSError as exc:
             raise PeerLost("error", f"sending to the peer failed: {exc}") from None
         self._last_sent = time.monotonic()
+
+    def _silence_limit_s(self) -> float:
+        idle = self.proto.state.name in ("HANDSHAKE", "IDLE", "CLOSED", "SHUT_DOWN")
+        limit = self.config.heartbeat_timeout_ms if idle else self.config.checkpoint_timeout_ms
+        return limit / 1000
 
     def next_event(self, timeout_s: float | None = None) -> Event | None:
         """The next event, or None when `timeout_s` passes first."""
@@ -79,9 +98,16 @@ class Channel:
             if now - self._last_sent >= interval and self.proto.local_hello is not None:
                 self.proto.send_heartbeat()
                 self.flush()
-            silent = now - self._last_heard
-            if silent * 1000 >= self.config.heartbeat_timeout_ms:
-                raise PeerLost("heartbeat", f"no frame from the peer for {silent * 1000:.0f} ms")
+            if now - self._last_heard >= self._silence_limit_s():
+                # Frames may be waiting while we were busy: read them first.
+                self._receive(0.0)
+                if self._events:
+                    break
+                silent = time.monotonic() - self._last_heard
+                if silent >= self._silence_limit_s():
+                    raise PeerLost(
+                        "heartbeat", f"no frame from the peer for {silent * 1000:.0f} ms"
+                    )
             if deadline is not None and now >= deadline:
                 return None
             wait = interval

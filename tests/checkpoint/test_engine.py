@@ -146,3 +146,47 @@ def test_dead_peer_is_detected_by_heartbeat(link):
         channel.next_event(5.0)
     assert info.value.reason == "heartbeat"
     assert time.monotonic() - started < 2.0
+
+
+def test_a_busy_peer_mid_checkpoint_is_not_declared_dead(link):
+    """Silence longer than the idle heartbeat timeout while the peer is
+    encoding a checkpoint is judged against checkpoint_timeout_ms."""
+    config = ChannelConfig(
+        heartbeat_interval_ms=20, heartbeat_timeout_ms=100, checkpoint_timeout_ms=5000
+    )
+    primary = Channel(link[0], PrimaryProtocol(), config)
+    secondary = Channel(link[1], SecondaryProtocol(), config)
+    primary.proto.send_hello(4096, 32, "p")
+    primary.flush()
+    secondary.next_event(2.0)
+    secondary.proto.send_hello(4096, 32, "s")
+    secondary.flush()
+    primary.next_event(2.0)
+    primary.proto.request_checkpoint(1)
+    primary.flush()
+    secondary.next_event(2.0)
+    secondary.proto.send_reply(1)
+    secondary.flush()
+    # The secondary waits for the body while the primary is "encoding" for
+    # three idle timeouts: no PeerLost.
+    assert secondary.next_event(0.3) is None
+
+
+def test_large_body_is_sent_despite_short_receive_timeouts(link):
+    """A send is not bounded by the short timeouts used for receiving."""
+    guest = EmbeddedGuest(EmbeddedGuestConfig(ram_pages=16384, workload_pages_per_s=0))
+    guest.ram.write(0, bytes(range(256)) * 16384 * 16)  # 64 MiB of non-zero pages
+    applied: dict[int, bytes] = {}
+    _, thread, result = _secondary(link[1], applied)
+    quick = ChannelConfig(heartbeat_interval_ms=20, heartbeat_timeout_ms=100)
+    engine = PrimaryEngine(
+        guest,
+        Channel(link[0], PrimaryProtocol(), quick),
+        CountingHooks(),
+        EngineConfig(record_ram_digest=True),
+    )
+    engine.connect()
+    engine.shutdown()
+    thread.join(timeout=30)
+    assert applied == {1: engine.history[0].ram_digest}
+    guest.shutdown()
