@@ -38,6 +38,9 @@ def add_engine_parsers(sub: argparse._SubParsersAction) -> None:
     sec = sub.add_parser("secondary", help="receive checkpoints from a primary")
     sec.add_argument("--listen", required=True, metavar="ADDR:PORT")
     sec.add_argument("--heartbeat-timeout-ms", type=int, default=1000)
+    sec.add_argument(
+        "--ram-digests", action="store_true", help="report sha256 of RAM at each applied checkpoint"
+    )
     sec.add_argument("--json", action="store_true")
 
     pri = sub.add_parser("primary", help="run the embedded guest, checkpointed to a secondary")
@@ -62,6 +65,9 @@ def add_engine_parsers(sub: argparse._SubParsersAction) -> None:
     pri.add_argument("--heartbeat-timeout-ms", type=int, default=1000)
     pri.add_argument("--socket", metavar="PATH", help="control socket (checkpoint, status)")
     pri.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    pri.add_argument(
+        "--ram-digests", action="store_true", help="report sha256 of RAM at each checkpoint"
+    )
     pri.add_argument("--json", action="store_true")
 
     for name, helptext in (
@@ -96,7 +102,10 @@ def run_secondary(args: argparse.Namespace) -> int:
     engine = SecondaryEngine(
         Channel(conn, SecondaryProtocol(), _channel_config(args)),
         on_applied=lambda epoch, cache: _emit(
-            args, {"event": "applied", "epoch": epoch}, f"secondary: checkpoint {epoch} applied"
+            args,
+            {"event": "applied", "epoch": epoch}
+            | ({"ram_sha256": cache.digest().hex()} if args.ram_digests else {}),
+            f"secondary: checkpoint {epoch} applied",
         ),
     )
     result = engine.serve()
@@ -153,7 +162,9 @@ class _EngineControl:
 
 def _stats_json(stats: CheckpointStats) -> dict[str, Any]:
     body = dataclasses.asdict(stats)
-    body.pop("ram_digest")
+    digest = body.pop("ram_digest")
+    if digest is not None:
+        body["ram_sha256"] = digest.hex()
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in body.items()}
 
 
@@ -208,6 +219,7 @@ def run_primary(args: argparse.Namespace) -> int:
                 checkpoint_delay_ms=args.checkpoint_delay_ms,
                 speculative=not args.strict,
                 release_at=args.release_at,
+                record_ram_digest=args.ram_digests,
             ),
             on_checkpoint=lambda s: _emit(
                 args,
