@@ -154,11 +154,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _filter_request(args)
     if args.command == "cleanup":
         return _cleanup(args)
-    if args.command in ("primary", "secondary"):
-        from colonet.cli_engine import run_primary, run_secondary
+    if args.command == "primary":
+        from colonet.cli_primary import run_primary
 
-        return run_primary(args) if args.command == "primary" else run_secondary(args)
-    if args.command in ("checkpoint", "status"):
+        return run_primary(args)
+    if args.command == "secondary":
+        from colonet.cli_secondary import run_secondary
+
+        return run_secondary(args)
+    if args.command in ("checkpoint", "status", "failover"):
         return _engine_request(args)
     if args.command == "demo":
         from colonet.demo import run_demo
@@ -243,6 +247,14 @@ def _engine_request(args: argparse.Namespace) -> int:
         print(json.dumps({"ok": True, "result": result}))
     elif args.command == "checkpoint":
         print("checkpoint requested")
+    elif args.command == "failover":
+        mode = result.get("mode", "secondary")
+        print(f"failover requested ({mode}); state now: {result.get('state', 'required')}")
+    elif result.get("role") == "secondary":
+        print(
+            f"secondary: last applied checkpoint {result['last_applied']}, "
+            f"failover {result['failover'].get('state')}"
+        )
     else:
         last = result.get("last") or {}
         print(

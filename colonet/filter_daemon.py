@@ -18,6 +18,7 @@ from typing import Any
 from colonet.buffer.filter_set import FilterSet
 from colonet.control.protocol import Request
 from colonet.control.server import ControlServer
+from colonet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ class FilterDaemon:
             epoch, released = self.filters.commit(request.epoch)
             return {"epoch": epoch, "released_packets": released}
         if request.op == "failover":
-            assert request.role is not None
+            if request.role is None:
+                raise UsageError("failover of a filter process needs role primary or secondary")
             settled = self.filters.failover(request.role)
             verb = "released_packets" if request.role == "primary" else "discarded_packets"
             return {"role": request.role, verb: settled}

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from colonet.checkpoint.hooks import FilterHooks
 from colonet.checkpoint.messages import (
@@ -28,10 +29,12 @@ from colonet.checkpoint.messages import (
     HelloReceived,
     ReplyReceived,
     SecondaryReady,
+    ShutdownReceived,
 )
 from colonet.checkpoint.pages import encode_checkpoint
 from colonet.checkpoint.protocol import PrimaryProtocol
 from colonet.checkpoint.transport import Channel, PeerLost
+from colonet.errors import ColonetError
 from colonet.guest.base import Guest
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,12 @@ class EngineConfig:
             raise ValueError(f"release_at must be 'received' or 'loaded', not {self.release_at!r}")
         if self.chunk_size <= 0:
             raise ValueError(f"chunk_size {self.chunk_size} must be positive")
+
+
+class TakenOver(ColonetError):
+    """The secondary took the guest over: this primary must stand down."""
+
+    exit_code = 8
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,7 @@ class PrimaryEngine:
         self.history: list[CheckpointStats] = []
         self._early = threading.Event()
         self._stop = threading.Event()
+        self._go_alone = threading.Event()
 
     # -- public ---------------------------------------------------------
 
@@ -108,6 +118,19 @@ class PrimaryEngine:
         self._stop.set()
         self._early.set()
 
+    def wait_stopped(self, timeout_s: float | None = None) -> bool:
+        """Block until `stop()` (e.g. while the guest runs on alone)."""
+        return self._stop.wait(timeout_s)
+
+    def request_failover(self) -> None:
+        """From any thread: drop the secondary and go on alone.
+
+        Taken between checkpoints; the secondary is told with GUEST_SHUTDOWN
+        so it stands down instead of taking over as well.
+        """
+        self._go_alone.set()
+        self._early.set()
+
     def run(self, max_checkpoints: int | None = None) -> None:
         """Checkpoint every `checkpoint_delay_ms` (or early) until stopped."""
         done = 0
@@ -118,10 +141,11 @@ class PrimaryEngine:
                 # Waiting also answers heartbeats and notices a dead peer.
                 event = self.channel.next_event(min(0.05, deadline - time.monotonic()))
                 if event is not None and not isinstance(event, HeartbeatReceived):
-                    raise PeerLost(
-                        "error", f"unexpected {type(event).__name__} between checkpoints"
-                    )
+                    self._unexpected(event, "between checkpoints")
             self._early.clear()
+            if self._go_alone.is_set():
+                self.shutdown("the primary goes on alone: failover requested")
+                raise PeerLost("request", "failover requested on the primary")
             if self._stop.is_set():
                 break
             self.checkpoint()
@@ -216,4 +240,9 @@ class PrimaryEngine:
                 continue
             if isinstance(event, kind):
                 return event
-            raise PeerLost("error", f"expected {kind.__name__}, got {type(event).__name__}")
+            self._unexpected(event, f"while waiting for {kind.__name__}")
+
+    def _unexpected(self, event: Event, where: str) -> NoReturn:
+        if isinstance(event, ShutdownReceived):
+            raise TakenOver(f"the secondary took the guest over ({event.reason})")
+        raise PeerLost("error", f"unexpected {type(event).__name__} {where}")

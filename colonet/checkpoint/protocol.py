@@ -19,7 +19,9 @@ imported here. One conversation:
 The first checkpoint (the full copy) runs the same cycle; after it the
 secondary sends CHECKPOINT_READY once, and only then may the primary request
 the next. Epochs strictly increase. HEARTBEAT may flow either way at any time
-after HELLO; GUEST_SHUTDOWN goes from the primary between checkpoints.
+after HELLO; GUEST_SHUTDOWN goes from the primary between checkpoints, and
+from the secondary at any time after HELLO when it takes over the guest (the
+primary must then stand down: the guest now runs on the secondary).
 
 Anything the peer sends out of order is a RemoteProtocolError and moves the end
 to ERROR for good; on the secondary it discards a partly received body, which
@@ -315,6 +317,19 @@ class SecondaryProtocol(_Connection):
         self._send(CheckpointReady())
         self.ready = True
 
+    def send_takeover(self, reason: str) -> None:
+        """GUEST_SHUTDOWN to the primary: the guest now runs here, stand down.
+
+        Allowed in any state after HELLO: a takeover does not wait for the
+        checkpoint in transfer, whose partial body is dropped here.
+        """
+        self._check_usable("send_takeover")
+        if self.local_hello is None:
+            raise LocalProtocolError("send_takeover before HELLO")
+        self._send(GuestShutdown(reason))
+        self._body, self._size = bytearray(), None
+        self.state = State.SHUT_DOWN
+
     def _on_request(self, message: CheckpointRequest) -> list[Event]:
         if self.state is not State.IDLE:
             raise self._out_of_order(message, "a checkpoint is only requested between checkpoints")
@@ -471,6 +486,11 @@ class PrimaryProtocol(_Connection):
         self.state, self.epoch, self.last_epoch = State.IDLE, None, message.epoch
         return [CheckpointLoaded(message.epoch)]
 
+    def _on_takeover(self, message: GuestShutdown) -> list[Event]:
+        # The secondary took the guest over: whatever was in progress ends.
+        self.state, self._digest = State.SHUT_DOWN, None
+        return [ShutdownReceived(message.reason)]
+
     def _check_eof(self) -> None:
         if self.state in (State.REQUESTED, State.REPLIED, State.TRANSFER, State.RECEIVED):
             raise RemoteProtocolError(
@@ -482,4 +502,5 @@ class PrimaryProtocol(_Connection):
         CheckpointReply: _on_reply,
         VmstateReceived: _on_received,
         VmstateLoaded: _on_loaded,
+        GuestShutdown: _on_takeover,
     }

@@ -5,15 +5,24 @@ release the epoch) only after it is complete and verified in the staging
 area; it is applied to the RAM cache whole, then VMSTATE_LOADED follows.
 A connection that breaks mid-transfer leaves the cache on the last applied
 checkpoint (DESIGN invariant 5).
+
+Failover: heartbeat loss or a broken connection ends `serve()` with failover
+REQUIRED; so does `request_failover()` from any thread, which the serve
+loop notices between events, never in the middle of applying a checkpoint.
+`take_over()` then hands the last applied checkpoint to the caller, which
+starts the guest from it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from colonet.checkpoint.failover import Failover, FailoverEvent, reason_of_peer_loss
 from colonet.checkpoint.messages import (
     CheckpointBodyComplete,
     CheckpointRequested,
@@ -26,6 +35,7 @@ from colonet.checkpoint.pages import CheckpointFormatError
 from colonet.checkpoint.protocol import SecondaryProtocol
 from colonet.checkpoint.ram_cache import RamCache
 from colonet.checkpoint.transport import Channel, PeerLost
+from colonet.errors import ColonetError
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +44,18 @@ log = logging.getLogger(__name__)
 class SecondaryExit:
     """Why serving ended: the primary shut the guest down, or was lost."""
 
-    reason: str  # "shutdown", "heartbeat", "closed", "error"
+    reason: str  # "shutdown", "request", "heartbeat", "closed", "error"
     detail: str
     last_applied: int | None
+
+    @property
+    def needs_takeover(self) -> bool:
+        """Anything but an orderly guest shutdown leaves the guest to us."""
+        return self.reason != "shutdown"
+
+
+class NothingToTakeOver(ColonetError):
+    """Failover before the first checkpoint was applied: no guest state here."""
 
 
 class SecondaryEngine:
@@ -54,11 +73,37 @@ class SecondaryEngine:
         self.on_applied = on_applied
         self.cache: RamCache | None = None
         self.applied = 0
+        self.failover = Failover("secondary")
+        self._lock = threading.Lock()  # failover state vs. the serve thread
+        self._applying = False
+
+    def request_failover(self, detail: str = "requested by an operator") -> dict[str, object]:
+        """From any thread: take the guest over at the next safe point."""
+        with self._lock:
+            first = self.failover.require("request", detail, time.monotonic())
+            return {
+                "accepted": first,
+                "state": self.failover.state.value,
+                "waiting_for_apply": self._applying,
+            }
+
+    def status(self) -> dict[str, object]:
+        with self._lock:
+            return {
+                "role": "secondary",
+                "last_applied": self._last(),
+                "applying": self._applying,
+                "failover": self.failover.status(),
+            }
 
     def serve(self) -> SecondaryExit:
         try:
             while True:
-                event = self.channel.next_event()
+                if self.failover.required:
+                    return self._stand_in(self.failover.detail)
+                event = self.channel.next_event(timeout_s=0.05)
+                if event is None:
+                    continue
                 if isinstance(event, HelloReceived):
                     hello = event.hello
                     self.cache = RamCache(hello.page_size, hello.ram_pages)
@@ -76,7 +121,40 @@ class SecondaryEngine:
             log.warning(
                 "primary lost (%s): %s; staying on checkpoint %s", exc.reason, exc, self._last()
             )
+            with self._lock:
+                self.failover.require(reason_of_peer_loss(exc.reason), str(exc), time.monotonic())
             return SecondaryExit(exc.reason, str(exc), self._last())
+
+    def _stand_in(self, detail: str) -> SecondaryExit:
+        """An operator asked for failover: tell a live primary to stand down."""
+        try:
+            if self.proto.local_hello is not None:
+                self.proto.send_takeover(f"secondary takes over: {detail}")
+                self.channel.flush()
+        except (PeerLost, ColonetError) as exc:
+            log.info("could not tell the primary to stand down: %s", exc)
+        return SecondaryExit("request", detail, self._last())
+
+    def take_over(self, activate: Callable[[RamCache], None]) -> FailoverEvent:
+        """Start the guest from the last applied checkpoint (after serve())."""
+        with self._lock:
+            if not self.failover.start(applying=self._applying):
+                raise ColonetError("failover cannot start while a checkpoint is being applied")
+        if self.cache is None or self.cache.applied_epoch is None:
+            raise NothingToTakeOver(
+                "failover before the first checkpoint was applied: there is no guest state "
+                "on this secondary to resume from"
+            )
+        activate(self.cache)
+        event = self.failover.complete(self.cache.applied_epoch, time.monotonic())
+        log.warning(
+            "took over the guest from checkpoint %d (%s: %s) in %.1f ms",
+            event.last_committed,
+            event.reason,
+            event.detail,
+            event.failover_ms,
+        )
+        return event
 
     def _take(self, event: CheckpointBodyComplete) -> None:
         assert self.cache is not None
@@ -86,7 +164,14 @@ class SecondaryEngine:
             raise PeerLost("error", f"checkpoint {event.epoch} is malformed: {exc}") from exc
         self.proto.send_received(event.epoch, hashlib.sha256(event.body).digest())
         self.channel.flush()
-        self.cache.apply(staged)
+        # A failover asked for from now on waits until the apply is whole.
+        with self._lock:
+            self._applying = True
+        try:
+            self.cache.apply(staged)
+        finally:
+            with self._lock:
+                self._applying = False
         self.proto.send_loaded(event.epoch)
         self.applied += 1
         if self.applied == 1:

@@ -4,7 +4,8 @@ A request names an operation and its arguments:
 
     {"op": "checkpoint"}
     {"op": "commit", "epoch": 7}            # "epoch" optional: all sealed
-    {"op": "failover", "role": "primary"}   # or "secondary"
+    {"op": "failover", "role": "primary"}   # or "secondary"; an engine's
+                                            # socket takes it without a role
     {"op": "status"}
 
 A response is {"ok": true, "result": {...}} or
@@ -64,7 +65,7 @@ def parse_request(line: bytes) -> Request:
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1):
         raise RemoteRequestError(f"epoch must be a positive integer, got {epoch!r}")
     role = body.get("role")
-    if op == "failover" and role not in ROLES:
+    if op == "failover" and role is not None and role not in ROLES:
         raise RemoteRequestError(f"failover role must be one of {', '.join(ROLES)}, got {role!r}")
     return Request(op=op, epoch=epoch, role=role)
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from colonet.checkpoint.pages import DeviceSection
 from colonet.guest.counter_store import CounterStore
 from colonet.guest.ram import PAGE_SIZE, GuestRam
+from colonet.net.announce import announce
+from colonet.net.links import set_link_up
 from colonet.net.netns import socket_in_netns
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,9 @@ class EmbeddedGuestConfig:
     service_port: int = 7070
     netns: str | None = None  # where the service socket lives
     netdevs: tuple[str, ...] = ()  # host-side devices carrying its traffic
+    # The guest's own NIC in `netns`: brought up and announced at activation
+    # (a standby NIC on the secondary stays down until the guest runs there).
+    nic: str | None = None
     workload_pages_per_s: int = 200  # background RAM writes
 
     def __post_init__(self) -> None:
@@ -90,6 +95,16 @@ class EmbeddedGuest:
     def netdevs(self) -> list[str]:
         return list(self.config.netdevs)
 
+    def restore(self, ram: memoryview, sections: Sequence[DeviceSection]) -> None:
+        """Load a checkpoint's RAM and devices (the secondary, before activate)."""
+        self.ram.load(ram)
+        self.load_devices(sections)
+
+    @property
+    def counter(self) -> int:
+        """The service's counter, read from guest RAM."""
+        return self.store.value
+
     @property
     def service_address(self) -> tuple[str, int]:
         if self._sock is None:
@@ -97,13 +112,17 @@ class EmbeddedGuest:
         return self._sock.getsockname()[:2]
 
     def activate(self) -> None:
-        """Start the service and the workload (also the primary's start)."""
+        """Start the service and the workload (the primary's start, or a takeover)."""
+        if self.config.nic:
+            set_link_up(self.config.netns, self.config.nic)
         self._sock = socket_in_netns(self.config.netns, socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.bind((self.config.service_ip, self.config.service_port))
         self._sock.settimeout(0.2)
         self._spawn(self._serve, "guest-service")
         if self.config.workload_pages_per_s:
             self._spawn(self._workload, "guest-workload")
+        if self.config.nic:
+            announce(self.config.netns, self.config.nic)
 
     def shutdown(self) -> None:
         self._stopping.set()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
+from pyroute2 import IPRoute, NetNS
 
 from colonet.errors import UnknownNetdevError
 
@@ -51,3 +51,14 @@ def describe_netdev(name: str) -> NetdevInfo:
             master=master,
             master_kind=master_kind,
         )
+
+
+def set_link_up(netns: str | None, name: str) -> None:
+    """Bring `name` up in `netns` (None: this namespace); unknown -> UnknownNetdevError."""
+    with NetNS(netns) if netns else IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            raise UnknownNetdevError(
+                f"unknown netdev {name!r} in namespace {netns or '(current)'}: cannot bring it up"
+            )
+        ipr.link("set", index=found[0], state="up")

@@ -19,3 +19,21 @@ def owner_alive(pid: int) -> bool:
     except PermissionError:  # alive, owned by someone else
         return True
     return True
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child about to exec: be SIGKILLed when the parent dies.
+
+    A filter process outliving a killed engine would hold the guest's
+    packets with nobody to commit them; dying instead closes its netdev
+    (fail-closed) until `colonet cleanup` or a new engine takes it.
+    """
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")

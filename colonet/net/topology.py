@@ -55,7 +55,13 @@ class Topology:
     mtu: int = 1500
     with_secondary: bool = False  # a fourth namespace on a replication link
     secondary_ip4: str = "10.203.0.2"
+    # For failover (tap link, with_secondary): a switch namespace joins the
+    # client, the primary host and the secondary host on one L2 segment, and
+    # the secondary host has a standby guest NIC (same MAC and addresses as
+    # the guest's, link down until the guest is activated there).
+    standby_guest: bool = False
     relay: subprocess.Popen | None = field(default=None, repr=False)
+    standby_relay: subprocess.Popen | None = field(default=None, repr=False)
     _made: list[str] = field(default_factory=list, repr=False)
 
     @property
@@ -75,14 +81,29 @@ class Topology:
         return self.prefix + "s"
 
     @property
+    def switch_ns(self) -> str:
+        return self.prefix + "w"
+
+    @property
+    def standby_ns(self) -> str:
+        """Where the guest runs after a takeover (on the secondary host)."""
+        return self.prefix + "t"
+
+    @property
     def mode(self) -> str:
         return "bridged" if self.link == "tap" else "routed"
 
     def build(self) -> Topology:
+        if self.standby_guest and (self.link != "tap" or not self.with_secondary):
+            raise ValueError("a standby guest needs link='tap' and with_secondary=True")
+        if self.standby_guest and self.mtu != 1500:
+            raise ValueError("a standby guest is built with the default MTU only")
         try:
             names = [self.guest_ns, self.host_ns, self.client_ns]
             if self.with_secondary:
                 names.append(self.secondary_ns)
+            if self.standby_guest:
+                names += [self.switch_ns, self.standby_ns]
             for name in names:
                 netns.create(name)
                 self._made.append(name)
@@ -152,35 +173,65 @@ class Topology:
         with NetNS(self.host_ns) as host:
             host.link("add", ifname=self.netdev, kind="tuntap", mode="tap")
             host.link("add", ifname="br0", kind="bridge")
+            # Directly to the client, or to the switch that reaches it.
+            peer_ns, peer_if = (
+                (self.switch_ns, "hp0") if self.standby_guest else (self.client_ns, "eth0")
+            )
             host.link(
-                "add",
-                ifname="cli0",
-                kind="veth",
-                peer={"ifname": "eth0", "net_ns_fd": self.client_ns},
+                "add", ifname="cli0", kind="veth", peer={"ifname": peer_if, "net_ns_fd": peer_ns}
             )
             bridge = host.link_lookup(ifname="br0")[0]
             for port in (self.netdev, "cli0"):
                 host.link("set", index=host.link_lookup(ifname=port)[0], master=bridge)
             for name in ("lo", "br0", self.netdev, "cli0"):
                 _up(host, name)
+        if self.standby_guest:
+            self._build_switch()
         self._end_host(self.guest_ns, self.guest_ip4, self.guest_ip6, None, None)
         self._end_host(self.client_ns, self.client_ip4, self.client_ip6, None, None)
-        self.relay = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "colonet.net.tap_relay",
-                self.guest_ns,
-                "eth0",
-                self.host_ns,
-                self.netdev,
-            ],
-            stdout=subprocess.PIPE,
-        )
-        assert self.relay.stdout is not None
-        if self.relay.stdout.readline().strip() != b"ready":
-            raise RuntimeError("tap relay did not start")
-        _wait_carrier(self.host_ns, self.netdev)
+        self.relay = _start_relay(self.guest_ns, self.host_ns, self.netdev)
+        if self.standby_guest:
+            self._build_standby_guest()
+
+    def _build_switch(self) -> None:
+        with NetNS(self.switch_ns) as switch:
+            switch.link("add", ifname="sw0", kind="bridge")
+            for port, ns, name in (
+                ("cp0", self.client_ns, "eth0"),
+                ("sp0", self.secondary_ns, "up0"),
+            ):
+                switch.link("add", ifname=port, kind="veth", peer={"ifname": name, "net_ns_fd": ns})
+            bridge = switch.link_lookup(ifname="sw0")[0]
+            for port in ("hp0", "cp0", "sp0"):
+                switch.link("set", index=switch.link_lookup(ifname=port)[0], master=bridge)
+            for name in ("lo", "sw0", "hp0", "cp0", "sp0"):
+                _up(switch, name)
+
+    def _build_standby_guest(self) -> None:
+        """The secondary host's bridge and the guest NIC that waits there."""
+        guest_mac = _mac(self.guest_ns, "eth0")
+        with NetNS(self.standby_ns) as standby:
+            _up(standby, "lo")
+            standby.link("add", ifname="eth0", kind="tuntap", mode="tap")
+            index = standby.link_lookup(ifname="eth0")[0]
+            standby.link("set", index=index, address=guest_mac)
+        # Addresses survive the link being down until activation.
+        write_sysctl(self.standby_ns, "net.ipv6.conf.eth0.keep_addr_on_down", "1")
+        with NetNS(self.standby_ns) as standby:
+            index = standby.link_lookup(ifname="eth0")[0]
+            standby.addr("add", index=index, address=self.guest_ip4, prefixlen=24)
+            standby.addr(
+                "add", index=index, address=self.guest_ip6, prefixlen=64, flags=IFA_F_NODAD
+            )
+        with NetNS(self.secondary_ns) as sec:
+            sec.link("add", ifname=self.netdev, kind="tuntap", mode="tap")
+            sec.link("add", ifname="br0", kind="bridge")
+            bridge = sec.link_lookup(ifname="br0")[0]
+            for port in (self.netdev, "up0"):
+                sec.link("set", index=sec.link_lookup(ifname=port)[0], master=bridge)
+            for name in ("br0", self.netdev, "up0"):
+                _up(sec, name)
+        self.standby_relay = _start_relay(self.standby_ns, self.secondary_ns, self.netdev)
 
     def _end_host(self, ns: str, ip4: str, ip6: str, gw4: str | None, gw6: str | None) -> None:
         with NetNS(ns) as ipr:
@@ -241,13 +292,16 @@ class Topology:
         if self.relay is not None:
             self.relay.send_signal(18)  # SIGCONT
 
+    def kill_guest_nic(self) -> None:
+        """SIGKILL the primary guest's NIC, as a dying host takes its VMs."""
+        _kill(self.relay)
+
     def destroy(self) -> None:
-        if self.relay is not None:
-            self.relay.kill()
-            self.relay.wait()
-            if self.relay.stdout:
-                self.relay.stdout.close()
-            self.relay = None
+        for relay in (self.relay, self.standby_relay):
+            _kill(relay)
+            if relay is not None and relay.stdout:
+                relay.stdout.close()
+        self.relay = self.standby_relay = None
         for name in reversed(self._made):
             with contextlib.suppress(OSError):
                 netns.remove(name)
@@ -258,6 +312,25 @@ class Topology:
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
+
+
+def _start_relay(guest_ns: str, host_ns: str, host_tap: str) -> subprocess.Popen:
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "colonet.net.tap_relay", guest_ns, "eth0", host_ns, host_tap],
+        stdout=subprocess.PIPE,
+    )
+    assert relay.stdout is not None
+    if relay.stdout.readline().strip() != b"ready":
+        relay.kill()
+        raise RuntimeError("tap relay did not start")
+    _wait_carrier(host_ns, host_tap)
+    return relay
+
+
+def _kill(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def _up(ipr: NetNS, name: str) -> None:

@@ -293,7 +293,7 @@ def test_the_secondary_refuses_what_only_it_sends(message: Message) -> None:
 
 @pytest.mark.parametrize(
     "message",
-    [CheckpointRequest(2), VmstateSend(2), VmstateSize(2, 1), VmstateData(b"x"), GuestShutdown("")],
+    [CheckpointRequest(2), VmstateSend(2), VmstateSize(2, 1), VmstateData(b"x")],
 )
 def test_the_primary_refuses_what_only_it_sends(message: Message) -> None:
     primary, _ = synced()
@@ -347,15 +347,34 @@ def test_the_primary_refuses_a_digest_of_other_bytes() -> None:
 
 def test_after_a_remote_error_everything_is_refused() -> None:
     primary, _ = synced()
-    remote_error(primary, "never sent", GuestShutdown(""))
+    remote_error(primary, "never sent", VmstateSend(2))
     for call in (
         lambda: primary.receive_data(b""),
         lambda: primary.receive_eof(),
         lambda: primary.request_checkpoint(5),
         lambda: primary.send_heartbeat(),
     ):
-        with pytest.raises(LocalProtocolError, match=r"after a protocol error: GUEST_SHUTDOWN is"):
+        with pytest.raises(LocalProtocolError, match=r"after a protocol error: VMSTATE_SEND is"):
             call()
+
+
+@pytest.mark.parametrize("state", [State.IDLE, State.REQUESTED, State.TRANSFER])
+def test_a_takeover_notice_from_the_secondary_ends_the_primary_in_any_state(state) -> None:
+    if state is State.IDLE:
+        primary, secondary = synced()
+    else:
+        primary, secondary = primary_at(state)
+    secondary.send_takeover("secondary took over: operator request")
+    assert secondary.state is State.SHUT_DOWN
+    assert pipe(secondary, primary) == [ShutdownReceived("secondary took over: operator request")]
+    assert primary.state is State.SHUT_DOWN
+    with pytest.raises(LocalProtocolError, match="not allowed in state SHUT_DOWN"):
+        primary.request_checkpoint(9)
+
+
+def test_a_takeover_notice_needs_a_hello_first() -> None:
+    with pytest.raises(LocalProtocolError, match="send_takeover before HELLO"):
+        SecondaryProtocol().send_takeover("x")
 
 
 def test_a_frame_error_moves_to_error_and_drops_the_partial_body() -> None:

@@ -213,6 +213,18 @@ def test_malformed_control_request_gets_an_error_not_a_crash(
     assert filt.status()["netdevs"][0]["state"] == "buffering"
 
 
+def test_failover_without_a_role_is_refused_by_a_filter_process(veth_topology, start_filter):
+    filt = start_filter(veth_topology)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(10)
+        conn.connect(filt.socket_path)
+        conn.sendall(b'{"op": "failover"}\n')
+        reply = json.loads(conn.makefile("rb").readline())
+    assert reply["ok"] is False and reply["error"]["kind"] == "UsageError"
+    assert "needs role primary or secondary" in reply["error"]["message"]
+    assert filt.status()["netdevs"][0]["state"] == "buffering"
+
+
 def test_oversized_control_request_is_refused(veth_topology, start_filter):
     filt = start_filter(veth_topology)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:

@@ -1,0 +1,223 @@
+"""`colonet primary`: the embedded guest, buffered and checkpointed.
+
+The guest's netdevs are buffered by a `colonet filter run` child driven
+through its control socket. When the secondary is lost (heartbeat, broken
+connection, or `colonet failover` here) the primary goes on alone: it
+releases what the filters hold, removes them and keeps the guest running
+unprotected. When the secondary says it took the guest over, the primary
+stands down (fenced): held packets are discarded, the guest is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+from colonet.checkpoint.failover import Failover, FailoverEvent, reason_of_peer_loss
+from colonet.checkpoint.hooks import ControlSocketHooks, CountingHooks, FilterHooks
+from colonet.checkpoint.primary import CheckpointStats, EngineConfig, PrimaryEngine, TakenOver
+from colonet.checkpoint.protocol import PrimaryProtocol
+from colonet.checkpoint.transport import Channel, PeerLost
+from colonet.cli_engine import EngineControl, channel_config, emit, parse_address
+from colonet.control.protocol import Request
+from colonet.errors import ColonetError
+from colonet.guest.embedded import EmbeddedGuest, EmbeddedGuestConfig
+from colonet.net.owner import die_with_parent
+
+
+def stats_json(stats: CheckpointStats) -> dict[str, Any]:
+    body = dataclasses.asdict(stats)
+    digest = body.pop("ram_digest")
+    if digest is not None:
+        body["ram_sha256"] = digest.hex()
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in body.items()}
+
+
+def _start_filters(args: argparse.Namespace, socket_path: str) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "colonet", "filter", "run", "--socket", socket_path]
+    argv += ["--backend", args.backend, "--json"]
+    argv += [a for n in args.netdev for a in ("--netdev", n)]
+    filt = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
+    assert filt.stdout is not None
+    if not filt.stdout.readline():
+        raise ColonetError("the filter process did not start (see its error above)")
+    return filt
+
+
+def _stop_filters(filt: subprocess.Popen | None) -> None:
+    if filt is not None and filt.poll() is None:
+        filt.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            filt.communicate(timeout=10)
+
+
+class _Primary:
+    """State the control socket reads while the main thread runs the engine."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.engine: PrimaryEngine | None = None
+        self.filter_sock: str | None = None
+        self.failover: Failover | None = None
+        self.failover_event: dict[str, Any] | None = None
+
+    def status(self, _: Request) -> dict[str, Any]:
+        history = self.engine.history if self.engine else []
+        status: dict[str, Any] = {
+            "role": "primary",
+            "checkpoints": len(history),
+            "last": stats_json(history[-1]) if history else None,
+            "failover": self.failover_event
+            or (self.failover.status() if self.failover else {"state": "none"}),
+        }
+        if self.filter_sock and os.path.exists(self.filter_sock):
+            from colonet.control.client import request as ask
+
+            with contextlib.suppress(ColonetError):
+                status["filters"] = ask(self.filter_sock, {"op": "status"})
+        return status
+
+    def checkpoint(self, _: Request) -> dict[str, Any]:
+        if self.engine is None:
+            raise ColonetError("the engine is not running yet")
+        self.engine.request_early_checkpoint()
+        return {"requested": True}
+
+    def go_alone(self, _: Request) -> dict[str, Any]:
+        if self.engine is None:
+            raise ColonetError("the engine is not running yet")
+        self.engine.request_failover()
+        return {"accepted": True, "mode": "primary"}
+
+
+def run_primary(args: argparse.Namespace) -> int:
+    peer = parse_address(args.peer, "--peer")
+    tmpdir = tempfile.mkdtemp(prefix="colonet-primary-")
+    state = _Primary(args)
+    filt: subprocess.Popen | None = None
+    hooks: FilterHooks = CountingHooks()
+    guest = EmbeddedGuest(
+        EmbeddedGuestConfig(
+            ram_pages=args.ram_mib * 256,
+            service_ip=args.guest_ip,
+            service_port=args.guest_port,
+            netns=args.guest_netns,
+            netdevs=tuple(args.netdev),
+            nic=args.guest_nic,
+        )
+    )
+    control: EngineControl | None = None
+    signal.signal(signal.SIGTERM, lambda *_: state.engine.stop() if state.engine else None)
+    try:
+        if args.netdev:
+            state.filter_sock = os.path.join(tmpdir, "filter.sock")
+            filt = _start_filters(args, state.filter_sock)
+            hooks = ControlSocketHooks(state.filter_sock)
+        try:
+            conn = socket.create_connection(peer, timeout=10)
+        except OSError as exc:
+            raise PeerLost("error", f"cannot reach the secondary at {args.peer}: {exc}") from None
+        engine = state.engine = PrimaryEngine(
+            guest,
+            Channel(conn, PrimaryProtocol(), channel_config(args)),
+            hooks,
+            EngineConfig(
+                checkpoint_delay_ms=args.checkpoint_delay_ms,
+                speculative=not args.strict,
+                release_at=args.release_at,
+                record_ram_digest=args.ram_digests,
+            ),
+            on_checkpoint=lambda s: emit(
+                args,
+                {"event": "checkpoint", **stats_json(s)},
+                f"checkpoint {s.epoch:>5}: {s.dirty_pages:>6} dirty pages {s.body_bytes:>9} B "
+                f"pause {s.pause_ms:6.2f} ms transfer {s.transfer_ms:6.2f} ms",
+            ),
+        )
+        if args.socket:
+            control = EngineControl(
+                args.socket,
+                {
+                    "status": state.status,
+                    "checkpoint": state.checkpoint,
+                    "failover": state.go_alone,
+                },
+            )
+        guest.activate()
+        if args.duration:
+            threading.Timer(args.duration, engine.stop).start()
+        try:
+            engine.connect()
+            engine.run()
+            engine.shutdown()
+        except PeerLost as exc:
+            _go_on_alone(state, hooks, exc)
+            _stop_filters(filt)  # the filters are removed: unprotected from now on
+            filt = None
+            engine.wait_stopped()  # the guest runs on until the duration or SIGTERM
+        except TakenOver as exc:
+            _stand_down(state, hooks, guest, exc)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if control is not None:
+            control.close()
+        _stop_filters(filt)
+        guest.shutdown()
+        with contextlib.suppress(OSError):
+            os.rmdir(tmpdir)
+    return 0
+
+
+def _last_committed(state: _Primary) -> int | None:
+    history = state.engine.history if state.engine else []
+    return history[-1].epoch if history else None
+
+
+def _report(state: _Primary, event: FailoverEvent, extra: dict[str, Any], text: str) -> None:
+    state.failover_event = event.to_json() | extra
+    emit(state.args, state.failover_event, text)
+
+
+def _go_on_alone(state: _Primary, hooks: FilterHooks, exc: PeerLost) -> None:
+    """The secondary is gone: release everything held and stop buffering."""
+    failover = state.failover = Failover("primary")
+    failover.require(reason_of_peer_loss(exc.reason), str(exc), time.monotonic())
+    failover.start(applying=False)
+    settled = hooks.failover("primary")
+    released = settled.get("released_packets") if isinstance(settled, dict) else None
+    event = failover.complete(_last_committed(state), time.monotonic())
+    _report(
+        state,
+        event,
+        {"released_packets": released},
+        f"primary: secondary lost ({event.reason}: {exc}); released {released} held "
+        "packet(s), filters removed, continuing unprotected",
+    )
+
+
+def _stand_down(state: _Primary, hooks: FilterHooks, guest: EmbeddedGuest, exc: TakenOver) -> None:
+    """The secondary runs the guest now: never release, never run on."""
+    failover = state.failover = Failover("fenced")
+    failover.require("request", str(exc), time.monotonic())
+    failover.start(applying=False)
+    guest.pause()
+    settled = hooks.failover("secondary")
+    discarded = settled.get("discarded_packets") if isinstance(settled, dict) else None
+    event = failover.complete(_last_committed(state), time.monotonic())
+    _report(
+        state,
+        event,
+        {"discarded_packets": discarded},
+        f"primary: {exc}; standing down, {discarded} held packet(s) discarded",
+    )

@@ -1,0 +1,146 @@
+"""`colonet secondary`: keep the primary's checkpoints; take over when it is lost.
+
+Takeover (DESIGN "Failover"): once failover is required (heartbeat loss, a
+broken connection, or `colonet failover --socket`), the embedded guest is
+built from the last applied checkpoint, its NIC in its own namespace (same
+MAC and addresses as on the primary) is brought up, and its addresses are
+announced so the network finds it. The guest then runs until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import signal
+import socket
+import threading
+from typing import Any
+
+from colonet.checkpoint.protocol import SecondaryProtocol
+from colonet.checkpoint.ram_cache import RamCache
+from colonet.checkpoint.secondary import NothingToTakeOver, SecondaryEngine
+from colonet.checkpoint.transport import Channel
+from colonet.cli_engine import EngineControl, channel_config, emit, parse_address
+from colonet.control.protocol import Request
+from colonet.errors import ColonetError
+from colonet.guest.embedded import EmbeddedGuest, EmbeddedGuestConfig
+
+
+class _Secondary:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.engine: SecondaryEngine | None = None
+        self.guest: EmbeddedGuest | None = None
+        self.failover_event: dict[str, Any] | None = None
+        self.stopped = threading.Event()
+
+    def status(self, _: Request) -> dict[str, Any]:
+        if self.engine is None:
+            return {"role": "secondary", "last_applied": None, "failover": {"state": "none"}}
+        status = self.engine.status()
+        if self.failover_event is not None:
+            status["failover"] = self.failover_event
+        return status
+
+    def failover(self, _: Request) -> dict[str, Any]:
+        if self.engine is None:
+            raise ColonetError("no primary has connected yet: there is nothing to take over")
+        return self.engine.request_failover("requested on the control socket")
+
+    def activate(self, cache: RamCache) -> None:
+        """Build the guest from the applied checkpoint and start it."""
+        a = self.args
+        guest = EmbeddedGuest(
+            EmbeddedGuestConfig(
+                ram_pages=cache.ram_pages,
+                service_ip=a.guest_ip,
+                service_port=a.guest_port,
+                netns=a.guest_netns,
+                nic=a.guest_nic,
+            )
+        )
+        view = cache.view()
+        try:
+            guest.restore(view, list(cache.sections.values()))
+        finally:
+            view.release()
+        guest.activate()
+        self.guest = guest
+
+
+def run_secondary(args: argparse.Namespace) -> int:
+    addr = parse_address(args.listen, "--listen")
+    node = _Secondary(args)
+    control = (
+        EngineControl(args.socket, {"status": node.status, "failover": node.failover})
+        if args.socket
+        else None
+    )
+
+    def on_term(*_: object) -> None:
+        node.stopped.set()
+        if node.guest is None:  # not running the guest: just leave
+            raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        return _serve_then_take_over(args, node, addr)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if control is not None:
+            control.close()
+        if node.guest is not None:
+            node.guest.shutdown()
+
+
+def _serve_then_take_over(args: argparse.Namespace, node: _Secondary, addr) -> int:  # type: ignore[no-untyped-def]
+    with socket.create_server(addr) as listener:
+        host, port = listener.getsockname()[:2]
+        emit(
+            args,
+            {"event": "listening", "address": [host, port]},
+            f"secondary: listening on {host}:{port}",
+        )
+        conn, _ = listener.accept()
+    engine = node.engine = SecondaryEngine(
+        Channel(conn, SecondaryProtocol(), channel_config(args)),
+        on_applied=lambda epoch, cache: emit(
+            args,
+            {"event": "applied", "epoch": epoch}
+            | ({"ram_sha256": cache.digest().hex()} if args.ram_digests else {}),
+            f"secondary: checkpoint {epoch} applied",
+        ),
+    )
+    result = engine.serve()
+    conn.close()
+    emit(
+        args,
+        {"event": "exit", **dataclasses.asdict(result)},
+        f"secondary: {result.reason} ({result.detail}); last applied checkpoint "
+        f"{result.last_applied}",
+    )
+    if not result.needs_takeover or args.no_takeover:
+        return 0
+    try:
+        event = engine.take_over(node.activate)
+    except NothingToTakeOver as exc:
+        emit(
+            args,
+            {"event": "failover", "mode": "secondary", "state": "failed", "detail": str(exc)},
+            f"secondary: failover failed: {exc}",
+        )
+        return exc.exit_code
+    assert node.guest is not None
+    node.failover_event = event.to_json() | {"guest_counter": node.guest.counter}
+    emit(
+        args,
+        node.failover_event,
+        f"secondary: took the guest over from checkpoint {event.last_committed} "
+        f"({event.reason}: {event.detail}) in {event.failover_ms:.1f} ms; counter "
+        f"{node.guest.counter}",
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        node.stopped.wait()
+    return 0
