@@ -109,18 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_engine_parsers(sub)
 
-    demo = sub.add_parser("demo", help="end-to-end demo in namespaces it builds and removes")
-    demo.add_argument("--duration", type=float, default=5.0, metavar="S")
-    demo.add_argument(
-        "--period-ms", type=int, default=100, metavar="MS", help="checkpoint period (default 100)"
-    )
-    demo.add_argument(
-        "--link",
-        choices=("tap", "veth"),
-        default="tap",
-        help="how the guest reaches the host (default: tap, like a VM)",
-    )
-    _add_json(demo)
+    from colonet.cli_demo import add_demo_parser
+
+    add_demo_parser(sub)
     return parser
 
 
@@ -165,7 +156,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("checkpoint", "status", "failover"):
         return _engine_request(args)
     if args.command == "demo":
-        from colonet.demo import run_demo
+        from colonet.cli_demo import run_demo
 
         return run_demo(args)
     raise UsageError(f"unknown command {args.command}")

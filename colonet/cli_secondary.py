@@ -33,6 +33,8 @@ class _Secondary:
         self.engine: SecondaryEngine | None = None
         self.guest: EmbeddedGuest | None = None
         self.failover_event: dict[str, Any] | None = None
+        self.restored_counter: int | None = None
+        self.conn: socket.socket | None = None
         self.stopped = threading.Event()
 
     def status(self, _: Request) -> dict[str, Any]:
@@ -65,6 +67,7 @@ class _Secondary:
             guest.restore(view, list(cache.sections.values()))
         finally:
             view.release()
+        self.restored_counter = guest.counter
         guest.activate()
         self.guest = guest
 
@@ -93,6 +96,8 @@ def run_secondary(args: argparse.Namespace) -> int:
             control.close()
         if node.guest is not None:
             node.guest.shutdown()
+        if node.conn is not None:
+            node.conn.close()
 
 
 def _serve_then_take_over(args: argparse.Namespace, node: _Secondary, addr) -> int:  # type: ignore[no-untyped-def]
@@ -114,7 +119,9 @@ def _serve_then_take_over(args: argparse.Namespace, node: _Secondary, addr) -> i
         ),
     )
     result = engine.serve()
-    conn.close()
+    # The connection stays open while the guest runs here: a primary that
+    # was only stalled reads the takeover notice, not a reset, and stands down.
+    node.conn = conn
     emit(
         args,
         {"event": "exit", **dataclasses.asdict(result)},
@@ -133,13 +140,13 @@ def _serve_then_take_over(args: argparse.Namespace, node: _Secondary, addr) -> i
         )
         return exc.exit_code
     assert node.guest is not None
-    node.failover_event = event.to_json() | {"guest_counter": node.guest.counter}
+    node.failover_event = event.to_json() | {"guest_counter": node.restored_counter}
     emit(
         args,
         node.failover_event,
         f"secondary: took the guest over from checkpoint {event.last_committed} "
         f"({event.reason}: {event.detail}) in {event.failover_ms:.1f} ms; counter "
-        f"{node.guest.counter}",
+        f"{node.restored_counter}",
     )
     with contextlib.suppress(KeyboardInterrupt):
         node.stopped.wait()

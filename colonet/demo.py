@@ -1,19 +1,22 @@
-"""`colonet demo`: a protected guest, a secondary, and a client that checks.
+"""`colonet demo`: a protected guest, a live failover, and a client that checks.
 
-Builds four namespaces: guest, host (the primary), secondary, client. The
-guest's NIC reaches the host through a tap held by a relay process, as a
-VM's would; `colonet secondary` listens in its namespace; `colonet primary`
-runs the embedded guest (its counter service bound in the guest namespace),
-buffers the tap and checkpoints to the secondary every period. A client
-sends requests continuously and checks that the counter it gets back never
-goes backwards. One line per checkpoint, a summary at the end; everything is
-removed on exit, on error and on Ctrl-C.
+Builds the namespaces (guest, primary host, secondary host, a standby guest
+NIC on the secondary, a switch, a client), starts `colonet secondary` and
+`colonet primary` (the embedded guest's counter service behind a buffered
+tap), and a client that sends requests continuously. After `kill_after_s`
+the primary is killed outright (SIGKILL, and its guest NIC with it, as a
+dying host takes its VMs); the secondary takes the guest over from the last
+committed checkpoint and the client goes on. The consistency check
+(`colonet.consistency`) judges what the client saw. `--no-buffer` runs the
+same thing without the filter: the negative control, which must fail.
+Everything is removed on exit, on error and on Ctrl-C.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
+import queue
 import shutil
 import signal
 import socket
@@ -24,60 +27,247 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
+from colonet.consistency import Reply, check
 from colonet.errors import ColonetError
 from colonet.guest.counter_store import REPLY, REQUEST
 from colonet.net.netns import socket_in_netns
-from colonet.net.privilege import require_net_admin
 from colonet.net.topology import Topology, run_prefix
 
 SERVICE_PORT = 7070
 REPLICATION_PORT = 7400
+TAKEOVER_WAIT_S = 15.0
 
 
-@dataclass
-class ClientLog:
-    sent: int = 0
-    answered: int = 0
-    rtts_ms: list[float] = field(default_factory=list)
-    last_value: int = 0
-    rollbacks: int = 0
+@dataclass(frozen=True)
+class DemoConfig:
+    duration_s: float = 6.0  # client running, from the first checkpoint
+    kill_after_s: float = 3.0  # primary killed this long after the first checkpoint
+    period_ms: int = 100
+    buffered: bool = True
+    heartbeat_timeout_ms: int = 500
+    request_interval_s: float = 0.005
+
+    def __post_init__(self) -> None:
+        if not 0 < self.kill_after_s < self.duration_s:
+            raise ValueError(
+                f"--kill-after {self.kill_after_s} must be between 0 and --duration "
+                f"{self.duration_s}"
+            )
+        if self.period_ms <= 0:
+            raise ValueError(f"--period-ms {self.period_ms} must be positive")
 
 
 class Client(threading.Thread):
-    """Sends an INC every `interval_s`; checks answers never go back."""
+    """Sends an INC every `interval_s` and records every reply."""
 
     def __init__(self, topo: Topology, interval_s: float) -> None:
         super().__init__(daemon=True, name="client")
         self.sock = socket_in_netns(topo.client_ns, socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.settimeout(0.01)
+        self.sock.settimeout(0.002)
         self.dest = (topo.guest_ip4, SERVICE_PORT)
         self.interval_s = interval_s
-        self.log = ClientLog()
-        self.sent_at: dict[int, float] = {}
-        self.stopping = False
+        self.sent = 0
+        self.replies: list[Reply] = []
+        self.rtts_ms: list[tuple[float, float]] = []  # (received at, round trip ms)
+        self._sent_at: dict[int, float] = {}
+        self.stopping = threading.Event()
 
     def run(self) -> None:
-        next_send = time.perf_counter()
-        while not self.stopping:
-            now = time.perf_counter()
+        next_send = time.monotonic()
+        while not self.stopping.is_set():
+            now = time.monotonic()
             if now >= next_send:
-                self.log.sent += 1
-                self.sent_at[self.log.sent] = now
-                self.sock.sendto(REQUEST.pack(b"INC ", self.log.sent), self.dest)
-                next_send += self.interval_s
+                self.sent += 1
+                self._sent_at[self.sent] = now
+                self.sock.sendto(REQUEST.pack(b"INC ", self.sent), self.dest)
+                next_send = max(next_send + self.interval_s, now)
             try:
                 request_id, value = REPLY.unpack(self.sock.recv(64))
             except (TimeoutError, ValueError, OSError):
                 continue
-            self.log.answered += 1
-            sent = self.sent_at.pop(request_id, None)
+            at = time.monotonic()
+            self.replies.append(Reply(at, request_id, value))
+            sent = self._sent_at.pop(request_id, None)
             if sent is not None:
-                self.log.rtts_ms.append((time.perf_counter() - sent) * 1000)
-            if value < self.log.last_value:
-                self.log.rollbacks += 1
-            self.log.last_value = max(value, self.log.last_value)
+                self.rtts_ms.append((at, (at - sent) * 1000))
+
+    def close(self) -> None:
+        self.stopping.set()
+        if self.is_alive():
+            self.join(timeout=2)
+        self.sock.close()
+
+
+@dataclass
+class EventProcess:
+    """A colonet process in a namespace whose JSON events are collected."""
+
+    popen: subprocess.Popen
+    events: list[dict[str, Any]] = field(default_factory=list)
+    news: queue.Queue = field(default_factory=queue.Queue)
+
+    @classmethod
+    def spawn(cls, ns: str, *args: str) -> EventProcess:
+        argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "colonet", *args, "--json"]
+        proc = cls(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True))
+        threading.Thread(target=proc._read, daemon=True).start()
+        return proc
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            if line.startswith("{"):
+                event = json.loads(line)
+                self.events.append(event)
+                self.news.put(event)
+        self.news.put(None)
+
+    def wait_for(self, kind: str, timeout_s: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout_s
+        for event in self.events:
+            if event.get("event") == kind:
+                return event
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = self.news.get(timeout=left)
+            except queue.Empty:
+                return None
+            if event is None:
+                return None
+            if event.get("event") == kind:
+                return event
+        return None
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == kind]
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def run_once(config: DemoConfig, out: TextIO | None = None) -> dict[str, Any]:
+    """One demo run in fresh namespaces; the summary (verdict included)."""
+    say = (lambda text: print(text, file=out, flush=True)) if out else (lambda text: None)
+    topo = Topology(
+        run_prefix(), link="tap", static_neighbours=False, with_secondary=True, standby_guest=True
+    )
+    tmpdir = tempfile.mkdtemp(prefix="colonet-demo-")
+    procs: list[EventProcess] = []
+    client: Client | None = None
+    try:
+        topo.build()
+        say(
+            f"demo: client {topo.client_ns} -- switch {topo.switch_ns} -- primary host "
+            f"{topo.host_ns} (guest {topo.guest_ns}) / secondary host {topo.secondary_ns} "
+            f"(standby guest NIC {topo.standby_ns}); buffering "
+            f"{'ON' if config.buffered else 'OFF (negative control)'}"
+        )
+        common = ["--guest-ip", topo.guest_ip4, "--guest-port", str(SERVICE_PORT)]
+        common += ["--heartbeat-timeout-ms", str(config.heartbeat_timeout_ms)]
+        secondary = EventProcess.spawn(
+            topo.secondary_ns,
+            "secondary",
+            "--listen",
+            f"{topo.secondary_ip4}:{REPLICATION_PORT}",
+            "--guest-netns",
+            topo.standby_ns,
+            "--guest-nic",
+            "eth0",
+            *common,
+        )
+        procs.append(secondary)
+        if secondary.wait_for("listening", 30) is None:
+            raise ColonetError("the secondary did not start")
+        primary_sock = os.path.join(tmpdir, "primary.sock")
+        netdev = ["--netdev", topo.netdev] if config.buffered else []
+        primary = EventProcess.spawn(
+            topo.host_ns,
+            "primary",
+            "--peer",
+            f"{topo.secondary_ip4}:{REPLICATION_PORT}",
+            *netdev,
+            "--guest-netns",
+            topo.guest_ns,
+            "--checkpoint-delay-ms",
+            str(config.period_ms),
+            "--socket",
+            primary_sock,
+            *common,
+        )
+        procs.append(primary)
+        if primary.wait_for("checkpoint", 30) is None:
+            raise ColonetError("the primary did not complete its first checkpoint")
+        client = Client(topo, config.request_interval_s)
+        client.start()
+        started = time.monotonic()
+        say(
+            f"{'epoch':>6} {'dirty pages':>12} {'bytes':>10} {'pause ms':>9} "
+            f"{'transfer ms':>12} {'released pkts':>14} {'answered':>9}"
+        )
+        _follow(primary, client, started + config.kill_after_s, say)
+        held = _held_packets(primary_sock)
+        killed_at = time.monotonic()
+        primary.popen.kill()  # SIGKILL: no goodbye, no flush, no cleanup
+        topo.kill_guest_nic()
+        say(f"demo: primary killed (SIGKILL) with {held} packet(s) held, never to be released")
+        takeover = secondary.wait_for("failover", TAKEOVER_WAIT_S)
+        if takeover is not None:
+            say(
+                f"demo: secondary took over from checkpoint {takeover.get('last_committed')} "
+                f"({takeover.get('reason')}: {takeover.get('detail')}), counter "
+                f"{takeover.get('guest_counter')}"
+            )
+        time.sleep(max(0.0, started + config.duration_s - time.monotonic()))
+        client.close()
+    except KeyboardInterrupt:
+        say("demo: interrupted, tearing down")
+        raise
+    finally:
+        if client is not None:
+            client.close()
+        for proc in procs:
+            proc.stop()
+        topo.destroy()
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return _summary(config, primary, secondary, client, killed_at, held)
+
+
+def _follow(primary: EventProcess, client: Client, until: float, say) -> None:  # type: ignore[no-untyped-def]
+    """Print each checkpoint as it commits, until the kill time."""
+    while (left := until - time.monotonic()) > 0:
+        try:
+            event = primary.news.get(timeout=left)
+        except queue.Empty:
+            return
+        if event is None:
+            raise ColonetError("the primary exited before the kill")
+        if event.get("event") != "checkpoint":
+            say(f"primary: {event}")
+            continue
+        say(
+            f"{event['epoch']:>6} {event['dirty_pages']:>12} {event['body_bytes']:>10} "
+            f"{event['pause_ms']:>9.2f} {event['transfer_ms']:>12.2f} "
+            f"{event.get('released_packets') or 0:>14} {len(client.replies):>9}"
+        )
+
+
+def _held_packets(primary_sock: str) -> int | None:
+    from colonet.control.client import request
+
+    try:
+        status = request(primary_sock, {"op": "status"})
+    except ColonetError:
+        return None
+    filters = status.get("filters")
+    return sum(n["held_packets"] for n in filters["netdevs"]) if filters else 0
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -87,160 +277,47 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
 
 
-def _spawn(ns: str, *args: str) -> subprocess.Popen:
-    argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "colonet", *args]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    require_net_admin("colonet demo")
-    out = sys.stderr if args.json else sys.stdout
-    topo = Topology(run_prefix(), link=args.link, static_neighbours=False, with_secondary=True)
-    tmpdir = tempfile.mkdtemp(prefix="colonet-demo-")
-    procs: list[subprocess.Popen] = []
-    client: Client | None = None
-    checkpoints: list[dict[str, Any]] = []
-    secondary_events: list[dict[str, Any]] = []
-    old_term = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-    try:
-        topo.build()
-        print(
-            f"demo: guest {topo.guest_ns}, primary host {topo.host_ns}, secondary "
-            f"{topo.secondary_ns}, client {topo.client_ns}; guest NIC: {args.link} "
-            f"-> {topo.netdev}",
-            file=out,
-        )
-        secondary = _spawn(
-            topo.secondary_ns,
-            "secondary",
-            "--listen",
-            f"{topo.secondary_ip4}:{REPLICATION_PORT}",
-            "--json",
-        )
-        procs.append(secondary)
-        assert secondary.stdout is not None
-        if not secondary.stdout.readline():
-            raise ColonetError("the secondary did not start")
-        primary = _spawn(
-            topo.host_ns,
-            "primary",
-            "--peer",
-            f"{topo.secondary_ip4}:{REPLICATION_PORT}",
-            "--netdev",
-            topo.netdev,
-            "--guest-netns",
-            topo.guest_ns,
-            "--guest-ip",
-            topo.guest_ip4,
-            "--guest-port",
-            str(SERVICE_PORT),
-            "--checkpoint-delay-ms",
-            str(args.period_ms),
-            "--duration",
-            str(args.duration),
-            "--json",
-        )
-        procs.append(primary)
-        client = Client(topo, interval_s=0.005)
-        print(
-            f"{'epoch':>6} {'dirty pages':>12} {'bytes':>10} {'pause ms':>9} "
-            f"{'transfer ms':>12} {'released pkts':>14} {'answered':>9}",
-            file=out,
-        )
-        started = False
-        assert primary.stdout is not None
-        for line in primary.stdout:
-            event = json.loads(line)
-            if event.get("event") != "checkpoint":
-                print(f"primary: {event}", file=out)
-                continue
-            if not started:  # the full sync is done: the guest serves from now on
-                client.start()
-                started = True
-            checkpoints.append(event)
-            print(
-                f"{event['epoch']:>6} {event['dirty_pages']:>12} {event['body_bytes']:>10} "
-                f"{event['pause_ms']:>9.2f} {event['transfer_ms']:>12.2f} "
-                f"{event.get('released_packets') or 0:>14} {client.log.answered:>9}",
-                file=out,
-            )
-        primary.wait(timeout=30)
-        sec_out, _ = secondary.communicate(timeout=30)
-        secondary_events = [json.loads(x) for x in sec_out.splitlines() if x.startswith("{")]
-    except KeyboardInterrupt:
-        print("demo: interrupted, tearing down", file=out)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-        if client is not None:
-            client.stopping = True
-            if client.is_alive():
-                client.join(timeout=2)
-            client.sock.close()
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.communicate(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.communicate()
-        topo.destroy()
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    summary = _summary(checkpoints, secondary_events, client.log if client else ClientLog(), args)
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        _print_summary(summary)
-    return 0 if summary["verdict"] == "pass" else 1
-
-
-def _summary(checkpoints, secondary_events, log: ClientLog, args) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    applied = [e["epoch"] for e in secondary_events if e.get("event") == "applied"]
+def _summary(config, primary, secondary, client, killed_at, held) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    checkpoints = primary.of("checkpoint")
+    takeover = next(iter(secondary.of("failover")), None)
+    counter = takeover.get("guest_counter") if takeover else None
+    verdict = check(client.replies, killed_at, counter)
     pauses = [c["pause_ms"] for c in checkpoints]
-    transfers = [c["transfer_ms"] for c in checkpoints]
-    ok = (
-        log.rollbacks == 0
-        and len(checkpoints) > 1
-        and log.answered > 0
-        and applied == [c["epoch"] for c in checkpoints]
-    )
+    before = [r for r in client.replies if r.at < killed_at]
+    # Round trips through the buffered primary (after the takeover the guest
+    # runs unprotected, so its replies come at once).
+    rtts = [ms for at, ms in client.rtts_ms if at < killed_at]
     return {
+        "buffered": config.buffered,
+        "kill_after_s": round(config.kill_after_s, 3),
+        "period_ms": config.period_ms,
+        "requests_sent": client.sent,
+        "answered": len(client.replies),
+        "answered_by_primary": len(before),
+        "answered_by_secondary": len(client.replies) - len(before),
         "checkpoints": len(checkpoints),
-        "applied_on_secondary": len(applied),
-        "period_ms": args.period_ms,
-        "packets_released": sum(c.get("released_packets") or 0 for c in checkpoints),
-        "bytes_sent": sum(c["body_bytes"] for c in checkpoints),
-        "pause_ms_median": round(statistics.median(pauses), 2) if pauses else None,
+        "applied_on_secondary": len(secondary.of("applied")),
+        "pause_ms_median": _round(statistics.median(pauses)) if pauses else None,
         "pause_ms_p99": _pct(pauses, 0.99),
-        "transfer_ms_median": round(statistics.median(transfers), 2) if transfers else None,
-        "requests_sent": log.sent,
-        "answered": log.answered,
-        "rtt_ms_median": round(statistics.median(log.rtts_ms), 2) if log.rtts_ms else None,
-        "rtt_ms_p99": _pct(log.rtts_ms, 0.99),
-        "rollbacks": log.rollbacks,
-        "last_counter_seen": log.last_value,
-        "verdict": "pass" if ok else "fail",
+        "transfer_ms_median": _round(statistics.median([c["transfer_ms"] for c in checkpoints]))
+        if checkpoints
+        else None,
+        "bytes_sent": sum(c["body_bytes"] for c in checkpoints),
+        "packets_released": sum(c.get("released_packets") or 0 for c in checkpoints),
+        "packets_held_at_kill": held,
+        "failover_reason": takeover.get("reason") if takeover else None,
+        "failover_detail": takeover.get("detail") if takeover else None,
+        "takeover_ms": takeover.get("failover_ms") if takeover else None,
+        "failover_gap_ms": _round(verdict.failover_gap_ms),
+        "last_committed": takeover.get("last_committed") if takeover else None,
+        "last_value_from_primary": max((r.value for r in before), default=None),
+        "takeover_counter": counter,
+        "rtt_ms_median": _round(statistics.median(rtts)) if rtts else None,
+        "rtt_ms_p99": _pct(rtts, 0.99),
+        "violations": list(verdict.violations),
+        "verdict": "pass" if verdict.passed else "fail",
     }
-
-
-def _print_summary(s: dict[str, Any]) -> None:
-    rows = [
-        (
-            "checkpoints (primary / applied on secondary)",
-            f"{s['checkpoints']} / {s['applied_on_secondary']}",
-        ),
-        ("checkpoint period (ms)", s["period_ms"]),
-        ("guest pause ms median / p99", f"{s['pause_ms_median']} / {s['pause_ms_p99']}"),
-        ("transfer ms median", s["transfer_ms_median"]),
-        ("bytes sent to the secondary", s["bytes_sent"]),
-        ("packets released by the filter", s["packets_released"]),
-        ("requests sent / answered", f"{s['requests_sent']} / {s['answered']}"),
-        ("reply RTT ms median / p99", f"{s['rtt_ms_median']} / {s['rtt_ms_p99']}"),
-        ("rollbacks seen by the client", s["rollbacks"]),
-        ("verdict", s["verdict"].upper()),
-    ]
-    width = max(len(k) for k, _ in rows)
-    print("\nsummary")
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value}")

@@ -126,14 +126,18 @@ class SecondaryEngine:
             return SecondaryExit(exc.reason, str(exc), self._last())
 
     def _stand_in(self, detail: str) -> SecondaryExit:
-        """An operator asked for failover: tell a live primary to stand down."""
+        """An operator asked for failover: serving ends here."""
+        return SecondaryExit("request", detail, self._last())
+
+    def _tell_primary_to_stand_down(self, detail: str) -> None:
+        """Best effort: a primary that is only stalled (not dead) reads this
+        when it wakes and stands down instead of going on alone."""
         try:
             if self.proto.local_hello is not None:
                 self.proto.send_takeover(f"secondary takes over: {detail}")
                 self.channel.flush()
-        except (PeerLost, ColonetError) as exc:
+        except (PeerLost, ColonetError, OSError) as exc:
             log.info("could not tell the primary to stand down: %s", exc)
-        return SecondaryExit("request", detail, self._last())
 
     def take_over(self, activate: Callable[[RamCache], None]) -> FailoverEvent:
         """Start the guest from the last applied checkpoint (after serve())."""
@@ -145,6 +149,7 @@ class SecondaryEngine:
                 "failover before the first checkpoint was applied: there is no guest state "
                 "on this secondary to resume from"
             )
+        self._tell_primary_to_stand_down(self.failover.detail)
         activate(self.cache)
         event = self.failover.complete(self.cache.applied_epoch, time.monotonic())
         log.warning(
