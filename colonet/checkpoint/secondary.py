@@ -64,6 +64,7 @@ class SecondaryEngine:
         channel: Channel,
         guest_name: str = "secondary",
         on_applied: Callable[[int, RamCache], None] | None = None,
+        cache_factory: Callable[[int, int], RamCache] = RamCache,
     ) -> None:
         if not isinstance(channel.proto, SecondaryProtocol):
             raise TypeError("the secondary engine needs a SecondaryProtocol channel")
@@ -71,6 +72,7 @@ class SecondaryEngine:
         self.proto: SecondaryProtocol = channel.proto
         self.guest_name = guest_name
         self.on_applied = on_applied
+        self.cache_factory = cache_factory
         self.cache: RamCache | None = None
         self.applied = 0
         self.failover = Failover("secondary")
@@ -106,7 +108,7 @@ class SecondaryEngine:
                     continue
                 if isinstance(event, HelloReceived):
                     hello = event.hello
-                    self.cache = RamCache(hello.page_size, hello.ram_pages)
+                    self.cache = self.cache_factory(hello.page_size, hello.ram_pages)
                     self.proto.send_hello(hello.page_size, hello.ram_pages, self.guest_name)
                 elif isinstance(event, CheckpointRequested):
                     self.proto.send_reply(event.epoch)
