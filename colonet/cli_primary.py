@@ -172,8 +172,10 @@ def run_primary(args: argparse.Namespace) -> int:
     finally:
         if control is not None:
             control.close()
-        _stop_filters(filt)
+        # The guest stops before its filters go: nothing it says after the
+        # last commit may leave unbuffered.
         guest.shutdown()
+        _stop_filters(filt)
         with contextlib.suppress(OSError):
             os.rmdir(tmpdir)
     return 0

@@ -143,6 +143,11 @@ class PrimaryEngine:
                 if event is not None and not isinstance(event, HeartbeatReceived):
                     self._unexpected(event, "between checkpoints")
             self._early.clear()
+            # Frames already read but not yet handled (a takeover notice
+            # read together with heartbeats) come before the next checkpoint.
+            while (event := self.channel.next_event(0)) is not None:
+                if not isinstance(event, HeartbeatReceived):
+                    self._unexpected(event, "between checkpoints")
             if self._go_alone.is_set():
                 self.shutdown("the primary goes on alone: failover requested")
                 raise PeerLost("request", "failover requested on the primary")

@@ -151,6 +151,8 @@ class EmbeddedGuest:
             except OSError:
                 return
             with self._exec:
+                if self._stopping.is_set():
+                    return  # shut down while paused: a stopped guest emits nothing more
                 reply = self.store.handle(data)
                 if reply is not None:
                     self.served += 1
@@ -161,5 +163,7 @@ class EmbeddedGuest:
         period = 1.0 / self.config.workload_pages_per_s
         while not self._stopping.wait(period):
             with self._exec:
+                if self._stopping.is_set():
+                    return
                 page = self._rng.randrange(32, self.ram_pages)
                 self.ram.write(page * self.page_size, self._rng.randbytes(64))

@@ -91,6 +91,24 @@ def test_paused_guest_answers_nothing_until_resumed():
         guest.shutdown()
 
 
+def test_a_guest_shut_down_while_paused_never_answers_again():
+    """A fenced primary pauses its guest, then shuts it down: a request
+    already waiting must not be answered on the way out."""
+    guest = EmbeddedGuest(EmbeddedGuestConfig(ram_pages=64, service_ip="127.0.0.1", service_port=0))
+    guest.activate()
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        guest.pause()
+        client.sendto(REQUEST.pack(b"INC ", 1), guest.service_address)
+        threading.Event().wait(0.2)  # the service thread has it, waiting to run
+        guest.shutdown()
+        client.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            client.recv(64)
+    finally:
+        client.close()
+
+
 def test_device_state_round_trip():
     a = EmbeddedGuest(EmbeddedGuestConfig(ram_pages=64))
     a.served = 41

@@ -1,4 +1,4 @@
-"""`colonet demo` runs end to end and leaves nothing behind."""
+"""`colonet demo` (the README's main job) fails over live, checks, and cleans up."""
 
 from __future__ import annotations
 
@@ -13,21 +13,44 @@ def _namespaces() -> set[str]:
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
-def test_demo_replicates_commits_and_cleans_up():
-    before = _namespaces()
+def _demo(*args: str) -> tuple[int, dict, str]:
     done = subprocess.run(
-        colonet_argv("demo", "--duration", "2", "--json"),
-        capture_output=True,
-        text=True,
-        timeout=120,
+        colonet_argv("demo", *args, "--json"), capture_output=True, text=True, timeout=180
     )
-    assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout.splitlines()[-1])
-    assert summary["verdict"] == "pass"
+    return done.returncode, json.loads(done.stdout.splitlines()[-1]), done.stderr
+
+
+def test_demo_fails_over_live_with_a_passing_verdict_and_cleans_up():
+    before = _namespaces()
+    code, summary, progress = _demo("--duration", "3", "--kill-after", "1.5")
+    assert code == 0, (summary["violations"], progress)
+    assert summary["verdict"] == "pass" and summary["violations"] == []
     assert summary["checkpoints"] >= 5
     assert summary["applied_on_secondary"] == summary["checkpoints"]
     assert summary["packets_released"] > 0
-    assert summary["answered"] > 0 and summary["rollbacks"] == 0
-    # Replies wait for a commit: a round trip takes most of a period.
+    assert summary["answered_by_primary"] > 0 and summary["answered_by_secondary"] > 0
+    assert summary["failover_reason"] in ("error", "heartbeat")
+    assert summary["failover_gap_ms"] > 0
+    # Replies through the buffered primary wait for a commit.
     assert summary["rtt_ms_median"] > 10
+    assert "primary killed (SIGKILL)" in progress and "secondary took over" in progress
     assert _namespaces() == before
+
+
+def test_demo_negative_control_exits_1_and_cleans_up():
+    before = _namespaces()
+    results = [_demo("--duration", "2.5", "--kill-after", k, "--no-buffer") for k in ("1", "1.4")]
+    assert any(code == 1 and s["verdict"] == "fail" for code, s, _ in results), results
+    assert all(not s["buffered"] for _, s, _ in results)
+    assert _namespaces() == before
+
+
+def test_demo_refuses_a_kill_time_after_the_end():
+    done = subprocess.run(
+        colonet_argv("demo", "--duration", "2", "--kill-after", "3"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--kill-after 3.0 must be between 0 and --duration 2.0" in done.stderr

@@ -1,0 +1,102 @@
+"""A primary and a secondary around the failover topology, for trigger tests.
+
+Built like `colonet demo` (switch, client, primary host with the guest,
+secondary host with a standby guest NIC) but driven step by step by a test.
+`close()` stops every process and removes every namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+from typing import Any
+
+from colonet.consistency import Reply
+from colonet.control.client import request
+from colonet.demo import REPLICATION_PORT, SERVICE_PORT, Client, EventProcess
+from colonet.net.topology import Topology, run_prefix
+
+
+class FailoverPair:
+    def __init__(self, *, buffered: bool = True, heartbeat_timeout_ms: int = 400) -> None:
+        self.topo = Topology(
+            run_prefix(),
+            link="tap",
+            static_neighbours=False,
+            with_secondary=True,
+            standby_guest=True,
+        )
+        self.tmp = tempfile.mkdtemp(prefix="cnfo")
+        self.primary_sock = os.path.join(self.tmp, "primary.sock")
+        self.secondary_sock = os.path.join(self.tmp, "secondary.sock")
+        self.buffered = buffered
+        self.heartbeat_timeout_ms = heartbeat_timeout_ms
+        self.procs: list[EventProcess] = []
+        self.client: Client | None = None
+
+    def start(self) -> FailoverPair:
+        topo = self.topo.build()
+        common = ["--guest-ip", topo.guest_ip4, "--guest-port", str(SERVICE_PORT)]
+        common += ["--heartbeat-timeout-ms", str(self.heartbeat_timeout_ms)]
+        self.secondary = EventProcess.spawn(
+            topo.secondary_ns,
+            "secondary",
+            "--listen",
+            f"{topo.secondary_ip4}:{REPLICATION_PORT}",
+            "--guest-netns",
+            topo.standby_ns,
+            "--guest-nic",
+            "eth0",
+            "--socket",
+            self.secondary_sock,
+            *common,
+        )
+        self.procs.append(self.secondary)
+        assert self.secondary.wait_for("listening", 30), "the secondary did not start"
+        netdev = ["--netdev", topo.netdev] if self.buffered else []
+        self.primary = EventProcess.spawn(
+            topo.host_ns,
+            "primary",
+            "--peer",
+            f"{topo.secondary_ip4}:{REPLICATION_PORT}",
+            *netdev,
+            "--guest-netns",
+            topo.guest_ns,
+            "--checkpoint-delay-ms",
+            "50",
+            "--socket",
+            self.primary_sock,
+            *common,
+        )
+        self.procs.append(self.primary)
+        assert self.primary.wait_for("checkpoint", 30), "the primary did not sync"
+        self.client = Client(topo, 0.005)
+        self.client.start()
+        return self
+
+    def replies_after(self, at: float) -> list[Reply]:
+        assert self.client is not None
+        return [r for r in self.client.replies if r.at >= at]
+
+    def wait_replies_after(self, at: float, count: int = 20, timeout_s: float = 10) -> list[Reply]:
+        deadline = time.monotonic() + timeout_s
+        while len(self.replies_after(at)) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.replies_after(at)
+
+    def ask(self, which: str, op: str) -> dict[str, Any]:
+        path = self.primary_sock if which == "primary" else self.secondary_sock
+        return request(path, {"op": op})
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        for proc in self.procs:
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGCONT)
+            proc.stop()
+        self.topo.destroy()
+        shutil.rmtree(self.tmp, ignore_errors=True)
