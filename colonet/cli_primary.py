@@ -186,23 +186,29 @@ def _last_committed(state: _Primary) -> int | None:
     return history[-1].epoch if history else None
 
 
-def _report(state: _Primary, event: FailoverEvent, extra: dict[str, Any], text: str) -> None:
-    state.failover_event = event.to_json() | extra
-    emit(state.args, state.failover_event, text)
+def _settle(
+    state: _Primary, hooks: FilterHooks, mode: str, reason: str, detail: str
+) -> tuple[FailoverEvent, int | None]:
+    """Run one failover on the primary: the filters settle as `mode` says."""
+    failover = state.failover = Failover(mode)
+    failover.require(reason, detail, time.monotonic())
+    failover.start(applying=False)
+    role, key = (
+        ("primary", "released_packets") if mode == "primary" else ("secondary", "discarded_packets")
+    )
+    settled = hooks.failover(role)
+    count = settled.get(key) if isinstance(settled, dict) else None
+    event = failover.complete(_last_committed(state), time.monotonic())
+    state.failover_event = event.to_json() | {key: count}
+    return event, count
 
 
 def _go_on_alone(state: _Primary, hooks: FilterHooks, exc: PeerLost) -> None:
     """The secondary is gone: release everything held and stop buffering."""
-    failover = state.failover = Failover("primary")
-    failover.require(reason_of_peer_loss(exc.reason), str(exc), time.monotonic())
-    failover.start(applying=False)
-    settled = hooks.failover("primary")
-    released = settled.get("released_packets") if isinstance(settled, dict) else None
-    event = failover.complete(_last_committed(state), time.monotonic())
-    _report(
-        state,
-        event,
-        {"released_packets": released},
+    event, released = _settle(state, hooks, "primary", reason_of_peer_loss(exc.reason), str(exc))
+    emit(
+        state.args,
+        state.failover_event or {},
         f"primary: secondary lost ({event.reason}: {exc}); released {released} held "
         "packet(s), filters removed, continuing unprotected",
     )
@@ -210,16 +216,10 @@ def _go_on_alone(state: _Primary, hooks: FilterHooks, exc: PeerLost) -> None:
 
 def _stand_down(state: _Primary, hooks: FilterHooks, guest: EmbeddedGuest, exc: TakenOver) -> None:
     """The secondary runs the guest now: never release, never run on."""
-    failover = state.failover = Failover("fenced")
-    failover.require("request", str(exc), time.monotonic())
-    failover.start(applying=False)
     guest.pause()
-    settled = hooks.failover("secondary")
-    discarded = settled.get("discarded_packets") if isinstance(settled, dict) else None
-    event = failover.complete(_last_committed(state), time.monotonic())
-    _report(
-        state,
-        event,
-        {"discarded_packets": discarded},
+    _, discarded = _settle(state, hooks, "fenced", "request", str(exc))
+    emit(
+        state.args,
+        state.failover_event or {},
         f"primary: {exc}; standing down, {discarded} held packet(s) discarded",
     )

@@ -153,6 +153,55 @@ class EventProcess:
                 self.popen.wait()
 
 
+PRIMARY_SOCKET, SECONDARY_SOCKET = "primary.sock", "secondary.sock"
+
+
+def start_pair(
+    topo: Topology, config: DemoConfig, sockets_dir: str, procs: list[EventProcess]
+) -> tuple[EventProcess, EventProcess]:
+    """Start `colonet secondary` then `colonet primary`; return once the first
+    checkpoint is committed. Both are appended to `procs` as soon as they run,
+    so the caller stops them whatever happens; their control sockets are
+    PRIMARY_SOCKET and SECONDARY_SOCKET in `sockets_dir`."""
+    common = ["--guest-ip", topo.guest_ip4, "--guest-port", str(SERVICE_PORT)]
+    common += ["--heartbeat-timeout-ms", str(config.heartbeat_timeout_ms)]
+    replication = f"{topo.secondary_ip4}:{REPLICATION_PORT}"
+    secondary = EventProcess.spawn(
+        topo.secondary_ns,
+        "secondary",
+        "--listen",
+        replication,
+        "--guest-netns",
+        topo.standby_ns,
+        "--guest-nic",
+        "eth0",
+        "--socket",
+        os.path.join(sockets_dir, SECONDARY_SOCKET),
+        *common,
+    )
+    procs.append(secondary)
+    if secondary.wait_for("listening", 30) is None:
+        raise ColonetError("the secondary did not start")
+    primary = EventProcess.spawn(
+        topo.host_ns,
+        "primary",
+        "--peer",
+        replication,
+        *(["--netdev", topo.netdev] if config.buffered else []),
+        "--guest-netns",
+        topo.guest_ns,
+        "--checkpoint-delay-ms",
+        str(config.period_ms),
+        "--socket",
+        os.path.join(sockets_dir, PRIMARY_SOCKET),
+        *common,
+    )
+    procs.append(primary)
+    if primary.wait_for("checkpoint", 30) is None:
+        raise ColonetError("the primary did not complete its first checkpoint")
+    return secondary, primary
+
+
 def run_once(config: DemoConfig, out: TextIO | None = None) -> dict[str, Any]:
     """One demo run in fresh namespaces; the summary (verdict included)."""
     say = (lambda text: print(text, file=out, flush=True)) if out else (lambda text: None)
@@ -170,41 +219,8 @@ def run_once(config: DemoConfig, out: TextIO | None = None) -> dict[str, Any]:
             f"(standby guest NIC {topo.standby_ns}); buffering "
             f"{'ON' if config.buffered else 'OFF (negative control)'}"
         )
-        common = ["--guest-ip", topo.guest_ip4, "--guest-port", str(SERVICE_PORT)]
-        common += ["--heartbeat-timeout-ms", str(config.heartbeat_timeout_ms)]
-        secondary = EventProcess.spawn(
-            topo.secondary_ns,
-            "secondary",
-            "--listen",
-            f"{topo.secondary_ip4}:{REPLICATION_PORT}",
-            "--guest-netns",
-            topo.standby_ns,
-            "--guest-nic",
-            "eth0",
-            *common,
-        )
-        procs.append(secondary)
-        if secondary.wait_for("listening", 30) is None:
-            raise ColonetError("the secondary did not start")
-        primary_sock = os.path.join(tmpdir, "primary.sock")
-        netdev = ["--netdev", topo.netdev] if config.buffered else []
-        primary = EventProcess.spawn(
-            topo.host_ns,
-            "primary",
-            "--peer",
-            f"{topo.secondary_ip4}:{REPLICATION_PORT}",
-            *netdev,
-            "--guest-netns",
-            topo.guest_ns,
-            "--checkpoint-delay-ms",
-            str(config.period_ms),
-            "--socket",
-            primary_sock,
-            *common,
-        )
-        procs.append(primary)
-        if primary.wait_for("checkpoint", 30) is None:
-            raise ColonetError("the primary did not complete its first checkpoint")
+        secondary, primary = start_pair(topo, config, tmpdir, procs)
+        primary_sock = os.path.join(tmpdir, PRIMARY_SOCKET)
         client = Client(topo, config.request_interval_s)
         client.start()
         started = time.monotonic()

@@ -16,7 +16,14 @@ from typing import Any
 
 from colonet.consistency import Reply
 from colonet.control.client import request
-from colonet.demo import REPLICATION_PORT, SERVICE_PORT, Client, EventProcess
+from colonet.demo import (
+    PRIMARY_SOCKET,
+    SECONDARY_SOCKET,
+    Client,
+    DemoConfig,
+    EventProcess,
+    start_pair,
+)
 from colonet.net.topology import Topology, run_prefix
 
 
@@ -30,8 +37,8 @@ class FailoverPair:
             standby_guest=True,
         )
         self.tmp = tempfile.mkdtemp(prefix="cnfo")
-        self.primary_sock = os.path.join(self.tmp, "primary.sock")
-        self.secondary_sock = os.path.join(self.tmp, "secondary.sock")
+        self.primary_sock = os.path.join(self.tmp, PRIMARY_SOCKET)
+        self.secondary_sock = os.path.join(self.tmp, SECONDARY_SOCKET)
         self.buffered = buffered
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
         self.procs: list[EventProcess] = []
@@ -39,40 +46,10 @@ class FailoverPair:
 
     def start(self) -> FailoverPair:
         topo = self.topo.build()
-        common = ["--guest-ip", topo.guest_ip4, "--guest-port", str(SERVICE_PORT)]
-        common += ["--heartbeat-timeout-ms", str(self.heartbeat_timeout_ms)]
-        self.secondary = EventProcess.spawn(
-            topo.secondary_ns,
-            "secondary",
-            "--listen",
-            f"{topo.secondary_ip4}:{REPLICATION_PORT}",
-            "--guest-netns",
-            topo.standby_ns,
-            "--guest-nic",
-            "eth0",
-            "--socket",
-            self.secondary_sock,
-            *common,
+        config = DemoConfig(
+            period_ms=50, buffered=self.buffered, heartbeat_timeout_ms=self.heartbeat_timeout_ms
         )
-        self.procs.append(self.secondary)
-        assert self.secondary.wait_for("listening", 30), "the secondary did not start"
-        netdev = ["--netdev", topo.netdev] if self.buffered else []
-        self.primary = EventProcess.spawn(
-            topo.host_ns,
-            "primary",
-            "--peer",
-            f"{topo.secondary_ip4}:{REPLICATION_PORT}",
-            *netdev,
-            "--guest-netns",
-            topo.guest_ns,
-            "--checkpoint-delay-ms",
-            "50",
-            "--socket",
-            self.primary_sock,
-            *common,
-        )
-        self.procs.append(self.primary)
-        assert self.primary.wait_for("checkpoint", 30), "the primary did not sync"
+        self.secondary, self.primary = start_pair(topo, config, self.tmp, self.procs)
         self.client = Client(topo, 0.005)
         self.client.start()
         return self
