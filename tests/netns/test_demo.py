@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 
 from tests.netns.harness import colonet_argv
@@ -61,3 +62,21 @@ def test_demo_refuses_a_kill_time_after_the_end():
     )
     assert done.returncode == 2
     assert "--kill-after 3.0 must be between 0 and --duration 2.0" in done.stderr
+
+
+def test_demo_interrupted_tears_everything_down():
+    proc = subprocess.Popen(
+        colonet_argv("demo", "--duration", "30", "--kill-after", "20"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until checkpoints are committing
+        if line.split()[:1] == ["3"]:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted, tearing down" in out
+    assert not {ns for ns in _namespaces() if ns.startswith(run_prefix_of(proc.pid))}
