@@ -10,6 +10,7 @@ from typing import Any
 
 from colonet.demo import DemoConfig, run_once
 from colonet.errors import UsageError
+from colonet.net.owner import only_in_this_process
 from colonet.net.privilege import require_net_admin
 
 
@@ -53,7 +54,7 @@ def run_demo(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    old_term = signal.signal(signal.SIGTERM, _interrupt)
+    old_term = signal.signal(signal.SIGTERM, only_in_this_process(_interrupt))
     try:
         summary = run_once(config, out=sys.stderr if args.json else sys.stdout)
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from colonet.checkpoint.transport import ChannelConfig
 from colonet.control.protocol import Request
 from colonet.control.server import ControlServer
 from colonet.errors import UsageError
+from colonet.guest.factory import add_guest_kind_args
 
 log = logging.getLogger("colonet.engine")
 
@@ -43,6 +44,7 @@ def _add_guest_args(p: argparse.ArgumentParser) -> None:
         "--ram-digests", action="store_true", help="report sha256 of RAM at each checkpoint"
     )
     p.add_argument("--json", action="store_true")
+    add_guest_kind_args(p)
 
 
 def add_engine_parsers(sub: argparse._SubParsersAction) -> None:
@@ -67,7 +69,6 @@ def add_engine_parsers(sub: argparse._SubParsersAction) -> None:
         help="host netdev carrying the guest's output (buffered)",
     )
     pri.add_argument("--backend", default="auto", choices=("auto", "tap", "nfqueue"))
-    pri.add_argument("--ram-mib", type=int, default=16)
     pri.add_argument("--checkpoint-delay-ms", type=int, default=100)
     pri.add_argument(
         "--strict", action="store_true", help="keep the guest paused until the secondary has loaded"

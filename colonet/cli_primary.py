@@ -31,8 +31,9 @@ from colonet.checkpoint.transport import Channel, PeerLost
 from colonet.cli_engine import EngineControl, channel_config, emit, parse_address
 from colonet.control.protocol import Request
 from colonet.errors import ColonetError
-from colonet.guest.embedded import EmbeddedGuest, EmbeddedGuestConfig
-from colonet.net.owner import die_with_parent
+from colonet.guest.base import Guest
+from colonet.guest.factory import make_guest
+from colonet.net.owner import die_with_parent, only_in_this_process
 
 
 def stats_json(stats: CheckpointStats) -> dict[str, Any]:
@@ -106,18 +107,12 @@ def run_primary(args: argparse.Namespace) -> int:
     state = _Primary(args)
     filt: subprocess.Popen | None = None
     hooks: FilterHooks = CountingHooks()
-    guest = EmbeddedGuest(
-        EmbeddedGuestConfig(
-            ram_pages=args.ram_mib * 256,
-            service_ip=args.guest_ip,
-            service_port=args.guest_port,
-            netns=args.guest_netns,
-            netdevs=tuple(args.netdev),
-            nic=args.guest_nic,
-        )
-    )
+    guest = make_guest(args)
     control: EngineControl | None = None
-    signal.signal(signal.SIGTERM, lambda *_: state.engine.stop() if state.engine else None)
+    signal.signal(
+        signal.SIGTERM,
+        only_in_this_process(lambda *_: state.engine.stop() if state.engine else None),
+    )
     try:
         if args.netdev:
             state.filter_sock = os.path.join(tmpdir, "filter.sock")
@@ -214,7 +209,7 @@ def _go_on_alone(state: _Primary, hooks: FilterHooks, exc: PeerLost) -> None:
     )
 
 
-def _stand_down(state: _Primary, hooks: FilterHooks, guest: EmbeddedGuest, exc: TakenOver) -> None:
+def _stand_down(state: _Primary, hooks: FilterHooks, guest: Guest, exc: TakenOver) -> None:
     """The secondary runs the guest now: never release, never run on."""
     guest.pause()
     _, discarded = _settle(state, hooks, "fenced", "request", str(exc))

@@ -24,14 +24,17 @@ from colonet.checkpoint.transport import Channel
 from colonet.cli_engine import EngineControl, channel_config, emit, parse_address
 from colonet.control.protocol import Request
 from colonet.errors import ColonetError
-from colonet.guest.embedded import EmbeddedGuest, EmbeddedGuestConfig
+from colonet.guest.embedded import EmbeddedGuest
+from colonet.guest.factory import make_guest
+from colonet.guest.qemu import QemuGuest
+from colonet.net.owner import only_in_this_process
 
 
 class _Secondary:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.engine: SecondaryEngine | None = None
-        self.guest: EmbeddedGuest | None = None
+        self.guest: EmbeddedGuest | QemuGuest | None = None
         self.failover_event: dict[str, Any] | None = None
         self.restored_counter: int | None = None
         self.conn: socket.socket | None = None
@@ -52,22 +55,17 @@ class _Secondary:
 
     def activate(self, cache: RamCache) -> None:
         """Build the guest from the applied checkpoint and start it."""
-        a = self.args
-        guest = EmbeddedGuest(
-            EmbeddedGuestConfig(
-                ram_pages=cache.ram_pages,
-                service_ip=a.guest_ip,
-                service_port=a.guest_port,
-                netns=a.guest_netns,
-                nic=a.guest_nic,
-            )
-        )
-        view = cache.view()
-        try:
-            guest.restore(view, list(cache.sections.values()))
-        finally:
-            view.release()
-        self.restored_counter = guest.counter
+        guest = make_guest(self.args, ram_pages=cache.ram_pages)
+        sections = list(cache.sections.values())
+        if isinstance(guest, EmbeddedGuest):
+            view = cache.view()
+            try:
+                guest.restore(view, sections)
+            finally:
+                view.release()
+            self.restored_counter = guest.counter
+        else:  # QEMU: the whole VM is in a device section
+            guest.load_devices(sections)
         guest.activate()
         self.guest = guest
 
@@ -86,7 +84,7 @@ def run_secondary(args: argparse.Namespace) -> int:
         if node.guest is None:  # not running the guest: just leave
             raise SystemExit(143)
 
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, only_in_this_process(on_term))
     try:
         return _serve_then_take_over(args, node, addr)
     except KeyboardInterrupt:

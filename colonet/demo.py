@@ -190,6 +190,8 @@ def start_pair(
         *(["--netdev", topo.netdev] if config.buffered else []),
         "--guest-netns",
         topo.guest_ns,
+        "--guest-nic",
+        "eth0",
         "--checkpoint-delay-ms",
         str(config.period_ms),
         "--socket",

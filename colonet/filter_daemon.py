@@ -19,6 +19,7 @@ from colonet.buffer.filter_set import FilterSet
 from colonet.control.protocol import Request
 from colonet.control.server import ControlServer
 from colonet.errors import UsageError
+from colonet.net.owner import only_in_this_process
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class FilterDaemon:
         self.selector.register(wake_r, selectors.EVENT_READ, lambda: None)
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
         old_handlers = {
-            sig: signal.signal(sig, lambda *_: self.stop_soon())
+            sig: signal.signal(sig, only_in_this_process(lambda *_: self.stop_soon()))
             for sig in (signal.SIGINT, signal.SIGTERM)
         }
         registered: set[int] = set()

@@ -9,6 +9,7 @@ buffered netdev.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from colonet.checkpoint.pages import DeviceSection
+from colonet.errors import UnknownNetdevError
 from colonet.guest.counter_store import CounterStore
 from colonet.guest.ram import PAGE_SIZE, GuestRam
 from colonet.net.announce import announce
@@ -129,6 +131,11 @@ class EmbeddedGuest:
         self.resume()
         for thread in self._threads:
             thread.join(timeout=2)
+        if self.config.nic and self._sock is not None:
+            # A powered-off guest's NIC is silent: its namespace's kernel
+            # must not answer ARP or send errors in its name any more.
+            with contextlib.suppress(OSError, UnknownNetdevError):
+                set_link_up(self.config.netns, self.config.nic, up=False)
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -53,12 +53,12 @@ def describe_netdev(name: str) -> NetdevInfo:
         )
 
 
-def set_link_up(netns: str | None, name: str) -> None:
-    """Bring `name` up in `netns` (None: this namespace); unknown -> UnknownNetdevError."""
+def set_link_up(netns: str | None, name: str, *, up: bool = True) -> None:
+    """Bring `name` up (or down) in `netns` (None: this namespace)."""
     with NetNS(netns) if netns else IPRoute() as ipr:
         found = ipr.link_lookup(ifname=name)
         if not found:
             raise UnknownNetdevError(
                 f"unknown netdev {name!r} in namespace {netns or '(current)'}: cannot bring it up"
             )
-        ipr.link("set", index=found[0], state="up")
+        ipr.link("set", index=found[0], state="up" if up else "down")

@@ -7,6 +7,9 @@ it never pulls the buffering out from under a live filter.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 
 def owner_alive(pid: int) -> bool:
@@ -37,3 +40,22 @@ def die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def only_in_this_process(handler: Callable[[int, FrameType | None], Any]) -> Callable:
+    """Wrap a signal handler so that only this process runs it.
+
+    pyroute2 forks short-lived helpers (to enter a namespace) and stops them
+    with SIGTERM. A forked child inherits our handlers; one that raises
+    (KeyboardInterrupt, SystemExit) would unwind the parent's stack *in the
+    child* and run its cleanups there: unlink the control socket, delete the
+    namespaces. A child just exits instead.
+    """
+    owner = os.getpid()
+
+    def guarded(signum: int, frame: FrameType | None) -> Any:
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        return handler(signum, frame)
+
+    return guarded

@@ -60,6 +60,9 @@ class Topology:
     # the secondary host has a standby guest NIC (same MAC and addresses as
     # the guest's, link down until the guest is activated there).
     standby_guest: bool = False
+    # A real VM (QEMU) opens the host taps itself: no NIC in the guest
+    # namespaces and no relay process (tap link only).
+    vm_holds_taps: bool = False
     relay: subprocess.Popen | None = field(default=None, repr=False)
     standby_relay: subprocess.Popen | None = field(default=None, repr=False)
     _made: list[str] = field(default_factory=list, repr=False)
@@ -96,6 +99,8 @@ class Topology:
     def build(self) -> Topology:
         if self.standby_guest and (self.link != "tap" or not self.with_secondary):
             raise ValueError("a standby guest needs link='tap' and with_secondary=True")
+        if self.vm_holds_taps and (self.link != "tap" or self.static_neighbours):
+            raise ValueError("taps held by a VM need link='tap' and static_neighbours=False")
         if self.standby_guest and self.mtu != 1500:
             raise ValueError("a standby guest is built with the default MTU only")
         try:
@@ -168,8 +173,9 @@ class Topology:
     def _build_bridged_tap(self) -> None:
         self.guest_ip4, self.guest_ip6 = "10.201.0.2", "fd01:201::2"
         self.client_ip4, self.client_ip6 = "10.201.0.3", "fd01:201::3"
-        with NetNS(self.guest_ns) as guest:
-            guest.link("add", ifname="eth0", kind="tuntap", mode="tap")
+        if not self.vm_holds_taps:
+            with NetNS(self.guest_ns) as guest:
+                guest.link("add", ifname="eth0", kind="tuntap", mode="tap")
         with NetNS(self.host_ns) as host:
             host.link("add", ifname=self.netdev, kind="tuntap", mode="tap")
             host.link("add", ifname="br0", kind="bridge")
@@ -187,9 +193,10 @@ class Topology:
                 _up(host, name)
         if self.standby_guest:
             self._build_switch()
-        self._end_host(self.guest_ns, self.guest_ip4, self.guest_ip6, None, None)
         self._end_host(self.client_ns, self.client_ip4, self.client_ip6, None, None)
-        self.relay = _start_relay(self.guest_ns, self.host_ns, self.netdev)
+        if not self.vm_holds_taps:
+            self._end_host(self.guest_ns, self.guest_ip4, self.guest_ip6, None, None)
+            self.relay = _start_relay(self.guest_ns, self.host_ns, self.netdev)
         if self.standby_guest:
             self._build_standby_guest()
 
@@ -209,6 +216,9 @@ class Topology:
 
     def _build_standby_guest(self) -> None:
         """The secondary host's bridge and the guest NIC that waits there."""
+        self._build_secondary_bridge()
+        if self.vm_holds_taps:
+            return  # the secondary's QEMU opens the tap when it takes over
         guest_mac = _mac(self.guest_ns, "eth0")
         with NetNS(self.standby_ns) as standby:
             _up(standby, "lo")
@@ -223,6 +233,9 @@ class Topology:
             standby.addr(
                 "add", index=index, address=self.guest_ip6, prefixlen=64, flags=IFA_F_NODAD
             )
+        self.standby_relay = _start_relay(self.standby_ns, self.secondary_ns, self.netdev)
+
+    def _build_secondary_bridge(self) -> None:
         with NetNS(self.secondary_ns) as sec:
             sec.link("add", ifname=self.netdev, kind="tuntap", mode="tap")
             sec.link("add", ifname="br0", kind="bridge")
@@ -231,7 +244,6 @@ class Topology:
                 sec.link("set", index=sec.link_lookup(ifname=port)[0], master=bridge)
             for name in ("br0", self.netdev, "up0"):
                 _up(sec, name)
-        self.standby_relay = _start_relay(self.standby_ns, self.secondary_ns, self.netdev)
 
     def _end_host(self, ns: str, ip4: str, ip6: str, gw4: str | None, gw6: str | None) -> None:
         with NetNS(ns) as ipr:
