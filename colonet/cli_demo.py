@@ -39,6 +39,12 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="negative control: no output buffering, so the check must find violations",
     )
+    demo.add_argument(
+        "--guest",
+        choices=("embedded", "qemu"),
+        default="embedded",
+        help="qemu: a real VM (Debian kernel + busybox, built by tools/build_guest.sh)",
+    )
     demo.add_argument("--json", action="store_true", help="summary as one JSON line")
 
 
@@ -51,6 +57,7 @@ def run_demo(args: argparse.Namespace) -> int:
             period_ms=args.period_ms,
             buffered=not args.no_buffer,
             heartbeat_timeout_ms=args.heartbeat_timeout_ms,
+            guest=args.guest,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -74,6 +81,7 @@ def _interrupt(*_: object) -> None:
 
 def print_summary(s: dict[str, Any]) -> None:
     rows = [
+        ("guest", s["guest"]),
         ("output buffering", "on" if s["buffered"] else "OFF (negative control)"),
         ("requests sent / answered", f"{s['requests_sent']} / {s['answered']}"),
         (

@@ -118,6 +118,9 @@ def run_primary(args: argparse.Namespace) -> int:
             state.filter_sock = os.path.join(tmpdir, "filter.sock")
             filt = _start_filters(args, state.filter_sock)
             hooks = ControlSocketHooks(state.filter_sock)
+        # The guest runs (a VM has booted) before the secondary hears from us:
+        # its heartbeat timer starts with the connection.
+        guest.activate()
         try:
             conn = socket.create_connection(peer, timeout=10)
         except OSError as exc:
@@ -148,7 +151,6 @@ def run_primary(args: argparse.Namespace) -> int:
                     "failover": state.go_alone,
                 },
             )
-        guest.activate()
         if args.duration:
             threading.Timer(args.duration, engine.stop).start()
         try:

@@ -45,12 +45,22 @@ class Verdict:
         return (self.first_after_kill.at - self.last_before_kill.at) * 1000
 
 
-def check(replies: Sequence[Reply], killed_at: float, takeover_counter: int | None) -> Verdict:
+def check(
+    replies: Sequence[Reply],
+    killed_at: float,
+    takeover_counter: int | None,
+    *,
+    took_over: bool | None = None,
+) -> Verdict:
     """Judge a run: `replies` in arrival order, the primary killed at `killed_at`.
 
-    `takeover_counter` is the counter of the guest the secondary started
-    (None: no takeover happened, itself a failure).
+    `takeover_counter` is the counter of the guest the secondary started, if
+    the secondary can read it (the embedded guest; a VM's memory is opaque,
+    and then the replies alone are judged). `took_over` defaults to whether
+    a counter was given; a run without a takeover fails.
     """
+    if took_over is None:
+        took_over = takeover_counter is not None
     violations: list[str] = []
     before = [r for r in replies if r.at < killed_at]
     after = [r for r in replies if r.at >= killed_at]
@@ -64,16 +74,16 @@ def check(replies: Sequence[Reply], killed_at: float, takeover_counter: int | No
         if highest is None or reply.value > highest.value:
             highest = reply
     seen = max((r.value for r in before), default=0)
-    if takeover_counter is None:
+    if not took_over:
         violations.append("the secondary never took the guest over")
-    elif takeover_counter < seen:
+    elif takeover_counter is not None and takeover_counter < seen:
         violations.append(
             f"lost state: the client saw counter {seen} from the primary, the secondary "
             f"resumed at {takeover_counter} ({seen - takeover_counter} increment(s) lost)"
         )
     if not before:
         violations.append("no reply from the primary before the kill: nothing was checked")
-    if takeover_counter is not None and not after:
+    if took_over and not after:
         violations.append("no reply from the secondary after the takeover")
     return Verdict(
         violations=tuple(violations),

@@ -14,6 +14,7 @@ Everything is removed on exit, on error and on Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -48,8 +49,13 @@ class DemoConfig:
     buffered: bool = True
     heartbeat_timeout_ms: int = 500
     request_interval_s: float = 0.005
+    guest: str = "embedded"  # or "qemu": a real VM (tools/build_guest.sh)
+    qemu_ram_mib: int = 128
+    boot_timeout_s: float = 90.0  # a VM under TCG boots in seconds
 
     def __post_init__(self) -> None:
+        if self.guest not in ("embedded", "qemu"):
+            raise ValueError(f"--guest must be embedded or qemu, not {self.guest!r}")
         if not 0 < self.kill_after_s < self.duration_s:
             raise ValueError(
                 f"--kill-after {self.kill_after_s} must be between 0 and --duration "
@@ -81,7 +87,10 @@ class Client(threading.Thread):
             if now >= next_send:
                 self.sent += 1
                 self._sent_at[self.sent] = now
-                self.sock.sendto(REQUEST.pack(b"INC ", self.sent), self.dest)
+                # A full send queue (the guest's address not yet resolved)
+                # loses this request, as the network would.
+                with contextlib.suppress(OSError):
+                    self.sock.sendto(REQUEST.pack(b"INC ", self.sent), self.dest)
                 next_send = max(next_send + self.interval_s, now)
             try:
                 request_id, value = REPLY.unpack(self.sock.recv(64))
@@ -163,18 +172,23 @@ def start_pair(
     checkpoint is committed. Both are appended to `procs` as soon as they run,
     so the caller stops them whatever happens; their control sockets are
     PRIMARY_SOCKET and SECONDARY_SOCKET in `sockets_dir`."""
-    common = ["--guest-ip", topo.guest_ip4, "--guest-port", str(SERVICE_PORT)]
-    common += ["--heartbeat-timeout-ms", str(config.heartbeat_timeout_ms)]
+    common = ["--heartbeat-timeout-ms", str(config.heartbeat_timeout_ms)]
+    if config.guest == "qemu":
+        common += _qemu_args(topo, config)
+        primary_guest: list[str] = []
+        secondary_guest: list[str] = []
+    else:
+        common += ["--guest-ip", topo.guest_ip4, "--guest-port", str(SERVICE_PORT)]
+        common += ["--guest-nic", "eth0"]
+        primary_guest = ["--guest-netns", topo.guest_ns]
+        secondary_guest = ["--guest-netns", topo.standby_ns]
     replication = f"{topo.secondary_ip4}:{REPLICATION_PORT}"
     secondary = EventProcess.spawn(
         topo.secondary_ns,
         "secondary",
         "--listen",
         replication,
-        "--guest-netns",
-        topo.standby_ns,
-        "--guest-nic",
-        "eth0",
+        *secondary_guest,
         "--socket",
         os.path.join(sockets_dir, SECONDARY_SOCKET),
         *common,
@@ -188,10 +202,7 @@ def start_pair(
         "--peer",
         replication,
         *(["--netdev", topo.netdev] if config.buffered else []),
-        "--guest-netns",
-        topo.guest_ns,
-        "--guest-nic",
-        "eth0",
+        *primary_guest,
         "--checkpoint-delay-ms",
         str(config.period_ms),
         "--socket",
@@ -199,16 +210,42 @@ def start_pair(
         *common,
     )
     procs.append(primary)
-    if primary.wait_for("checkpoint", 30) is None:
+    if primary.wait_for("checkpoint", 60) is None:
         raise ColonetError("the primary did not complete its first checkpoint")
     return secondary, primary
+
+
+def _qemu_args(topo: Topology, config: DemoConfig) -> list[str]:
+    """The VM: built (or taken from the cache) by tools/build_guest.sh."""
+    from colonet.guest.qemu import build_guest
+
+    kernel, initrd = build_guest()
+    return [
+        "--guest",
+        "qemu",
+        "--qemu-kernel",
+        kernel,
+        "--qemu-initrd",
+        initrd,
+        "--qemu-tap",
+        topo.netdev,
+        "--qemu-ip",
+        f"{topo.guest_ip4}/24",
+        "--ram-mib",
+        str(config.qemu_ram_mib),
+    ]
 
 
 def run_once(config: DemoConfig, out: TextIO | None = None) -> dict[str, Any]:
     """One demo run in fresh namespaces; the summary (verdict included)."""
     say = (lambda text: print(text, file=out, flush=True)) if out else (lambda text: None)
     topo = Topology(
-        run_prefix(), link="tap", static_neighbours=False, with_secondary=True, standby_guest=True
+        run_prefix(),
+        link="tap",
+        static_neighbours=False,
+        with_secondary=True,
+        standby_guest=True,
+        vm_holds_taps=config.guest == "qemu",
     )
     tmpdir = tempfile.mkdtemp(prefix="colonet-demo-")
     procs: list[EventProcess] = []
@@ -217,14 +254,16 @@ def run_once(config: DemoConfig, out: TextIO | None = None) -> dict[str, Any]:
         topo.build()
         say(
             f"demo: client {topo.client_ns} -- switch {topo.switch_ns} -- primary host "
-            f"{topo.host_ns} (guest {topo.guest_ns}) / secondary host {topo.secondary_ns} "
-            f"(standby guest NIC {topo.standby_ns}); buffering "
+            f"{topo.host_ns} / secondary host {topo.secondary_ns}; guest: {config.guest}; "
+            "buffering "
             f"{'ON' if config.buffered else 'OFF (negative control)'}"
         )
         secondary, primary = start_pair(topo, config, tmpdir, procs)
         primary_sock = os.path.join(tmpdir, PRIMARY_SOCKET)
         client = Client(topo, config.request_interval_s)
         client.start()
+        if not _wait_first_reply(client, config.boot_timeout_s):
+            raise ColonetError(f"the guest did not answer within {config.boot_timeout_s} s")
         started = time.monotonic()
         say(
             f"{'epoch':>6} {'dirty pages':>12} {'bytes':>10} {'pause ms':>9} "
@@ -256,6 +295,15 @@ def run_once(config: DemoConfig, out: TextIO | None = None) -> dict[str, Any]:
         topo.destroy()
         shutil.rmtree(tmpdir, ignore_errors=True)
     return _summary(config, primary, secondary, client, killed_at, held)
+
+
+def _wait_first_reply(client: Client, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not client.replies:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _follow(primary: EventProcess, client: Client, until: float, say) -> None:  # type: ignore[no-untyped-def]
@@ -303,13 +351,14 @@ def _summary(config, primary, secondary, client, killed_at, held) -> dict[str, A
     checkpoints = primary.of("checkpoint")
     takeover = next(iter(secondary.of("failover")), None)
     counter = takeover.get("guest_counter") if takeover else None
-    verdict = check(client.replies, killed_at, counter)
+    verdict = check(client.replies, killed_at, counter, took_over=takeover is not None)
     pauses = [c["pause_ms"] for c in checkpoints]
     before = [r for r in client.replies if r.at < killed_at]
     # Round trips through the buffered primary (after the takeover the guest
     # runs unprotected, so its replies come at once).
     rtts = [ms for at, ms in client.rtts_ms if at < killed_at]
     return {
+        "guest": config.guest,
         "buffered": config.buffered,
         "kill_after_s": round(config.kill_after_s, 3),
         "period_ms": config.period_ms,

@@ -37,3 +37,11 @@ def test_no_takeover_or_no_reply_after_it_fails():
 def test_nothing_before_the_kill_checks_nothing():
     verdict = check(replies((2.0, 1)), killed_at=1.5, takeover_counter=0)
     assert "nothing was checked" in verdict.violations[0]
+
+
+def test_a_vm_takeover_without_a_readable_counter_is_judged_by_the_replies():
+    clean = replies((1.0, 1), (1.1, 2), (2.0, 3))
+    assert check(clean, 1.5, None, took_over=True).passed
+    rolled_back = replies((1.0, 1), (1.1, 2), (2.0, 2))
+    verdict = check(rolled_back, 1.5, None, took_over=True)
+    assert [v.split(":")[0] for v in verdict.violations] == ["rollback"]

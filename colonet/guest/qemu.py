@@ -39,6 +39,20 @@ SECTION_VERSION = 1
 PAGE_SIZE = 4096
 
 
+def build_guest() -> tuple[str, str]:
+    """Kernel and initramfs of the tiny guest (tools/build_guest.sh, cached)."""
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "build_guest.sh")
+    try:
+        done = subprocess.run(
+            ["bash", os.path.normpath(script)], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise QemuError(f"building the QEMU guest failed: {detail.strip()}") from None
+    out = done.stdout.strip().splitlines()[-1]
+    return os.path.join(out, "vmlinuz"), os.path.join(out, "initramfs.cpio.gz")
+
+
 class QemuError(ColonetError):
     """QEMU refused a command or did not start."""
 
@@ -54,6 +68,10 @@ class QemuGuestConfig:
     qemu: str = "qemu-system-x86_64"
     accel: str = "tcg"
     start_timeout_s: float = 30.0
+    # Protection starts once the booted guest prints this on its console
+    # (the tiny guest's service does); None: do not wait.
+    ready_marker: str | None = "counter_service: listening"
+    boot_timeout_s: float = 180.0
 
     def __post_init__(self) -> None:
         for what, path in (("kernel", self.kernel), ("initrd", self.initrd)):
@@ -111,6 +129,7 @@ class QemuGuest:
         """Boot (primary), or resume from the loaded checkpoint (failover)."""
         if self._incoming is None:
             self._start([])
+            self._wait_ready()
             return
         state = os.path.join(self.workdir, "state.bin")
         with open(state, "wb") as f:
@@ -125,7 +144,7 @@ class QemuGuest:
     def shutdown(self) -> None:
         if self.qmp is not None:
             with contextlib.suppress(Exception):
-                self.qmp.cmd("quit")
+                self.qmp.cmd_raw("quit")
             with contextlib.suppress(Exception):
                 self.qmp.close()
             self.qmp = None
@@ -192,13 +211,32 @@ class QemuGuest:
         # A paused VM's state leaves at full speed, not at the 128 MiB/s default.
         self._cmd("migrate-set-parameters", **{"max-bandwidth": 64 << 30})
 
+    def _wait_ready(self) -> None:
+        marker = self.config.ready_marker
+        if marker is None:
+            return
+        serial = os.path.join(self.workdir, "serial.log")
+        deadline = time.monotonic() + self.config.boot_timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError), open(serial, errors="replace") as f:
+                if marker in f.read():
+                    return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise QemuError(f"QEMU exited with {self.proc.returncode} while booting")
+            time.sleep(0.1)
+        raise QemuError(
+            f"the guest did not print {marker!r} on its console within "
+            f"{self.config.boot_timeout_s} s"
+        )
+
     def _cmd(self, name: str, **args: object) -> object:
         if self.qmp is None:
             raise QemuError(f"QMP {name}: QEMU is not running")
-        reply = self.qmp.cmd(name, **args)
-        if isinstance(reply, dict) and "error" in reply:
-            raise QemuError(f"QMP {name} failed: {reply['error'].get('desc', reply['error'])}")
-        return reply.get("return") if isinstance(reply, dict) else reply
+        reply = self.qmp.cmd_raw(name, dict(args) or None)
+        if "error" in reply:
+            error = reply["error"]
+            raise QemuError(f"QMP {name} failed: {error.get('desc', error)}")
+        return reply.get("return")
 
     def _migrate_out(self) -> bytes:
         path = os.path.join(self.workdir, "migrate.sock")
