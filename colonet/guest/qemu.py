@@ -72,6 +72,8 @@ class QemuGuestConfig:
     # (the tiny guest's service does); None: do not wait.
     ready_marker: str | None = "counter_service: listening"
     boot_timeout_s: float = 180.0
+    netns: str | None = None  # run QEMU there (None: this process's namespace)
+    extra_args: tuple[str, ...] = ()  # e.g. a QEMU -object filter-buffer
 
     def __post_init__(self) -> None:
         for what, path in (("kernel", self.kernel), ("initrd", self.initrd)):
@@ -164,7 +166,8 @@ class QemuGuest:
 
     def argv(self) -> list[str]:
         c = self.config
-        return [
+        prefix = ["ip", "netns", "exec", c.netns] if c.netns else []
+        return prefix + [
             c.qemu,
             "-machine",
             f"q35,accel={c.accel}",
@@ -188,6 +191,7 @@ class QemuGuest:
             f"virtio-net-pci,netdev=n0,mac={c.mac}",
             "-qmp",
             f"unix:{self.qmp_path},server=on,wait=off",
+            *c.extra_args,
         ]
 
     def _start(self, extra: list[str]) -> None:
