@@ -20,7 +20,7 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,sbin,proc,sys,dev,lib/modules}
 cp /bin/busybox "$root/bin/busybox"
-for tool in sh ip insmod mount sed echo cat sleep; do ln -s busybox "$root/bin/$tool"; done
+for tool in sh ip insmod mount sed echo cat sleep nc; do ln -s busybox "$root/bin/$tool"; done
 for m in drivers/virtio/virtio drivers/virtio/virtio_ring drivers/virtio/virtio_pci_legacy_dev \
          drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci net/core/failover \
          drivers/net/net_failover drivers/net/virtio_net; do
