@@ -37,7 +37,9 @@ def test_demo_fails_over_live_with_a_passing_verdict_and_cleans_up():
     assert code == 0, (summary["violations"], progress)
     assert summary["verdict"] == "pass" and summary["violations"] == []
     assert summary["checkpoints"] >= 5
-    assert summary["applied_on_secondary"] == summary["checkpoints"]
+    # The kill may land after the secondary applied a checkpoint the primary
+    # had not yet reported.
+    assert 0 <= summary["applied_on_secondary"] - summary["checkpoints"] <= 1
     assert summary["packets_released"] > 0
     assert summary["answered_by_primary"] > 0 and summary["answered_by_secondary"] > 0
     assert summary["failover_reason"] in ("error", "heartbeat")

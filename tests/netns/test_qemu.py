@@ -37,7 +37,9 @@ def test_vm_killed_mid_run_resumes_on_the_secondary_without_rollback():
     summary = run_once(DemoConfig(guest="qemu", duration_s=11, kill_after_s=6, period_ms=1000))
     assert summary["verdict"] == "pass", summary["violations"]
     assert summary["checkpoints"] >= 3
-    assert summary["applied_on_secondary"] == summary["checkpoints"]
+    # The kill may land after the secondary applied a checkpoint the primary
+    # had not yet reported.
+    assert 0 <= summary["applied_on_secondary"] - summary["checkpoints"] <= 1
     # The VM's whole state travels each time (tens of MiB for 128 MiB of RAM).
     assert summary["bytes_sent"] / summary["checkpoints"] > 10 * 2**20
     assert summary["packets_released"] > 0 and summary["packets_held_at_kill"] is not None
