@@ -1,7 +1,9 @@
 """Unix-socket server for control requests, driven by the owner's selector.
 
 The socket is created with mode 0600 from the start (umask), so there is no
-moment when another user could connect.
+moment when another user could connect; and every connection's peer
+credentials (SO_PEERCRED) are checked too, so a socket whose mode was
+loosened by mistake still answers only root and the server's own user.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import selectors
 import socket
 import stat
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +31,16 @@ from colonet.errors import ControlSocketError, RemoteRequestError
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Request], dict[str, Any]]
+_UCRED = struct.Struct("3i")  # pid, uid, gid
+
+
+class PeerRefused(ControlSocketError):
+    """A process of another user connected to the control socket."""
+
+
+def peer_uid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    return _UCRED.unpack(creds)[1]
 
 
 def claim_socket_path(path: str) -> None:
@@ -53,9 +66,13 @@ def claim_socket_path(path: str) -> None:
 
 
 class ControlServer:
-    def __init__(self, path: str, handler: Handler) -> None:
+    def __init__(
+        self, path: str, handler: Handler, allowed_uids: frozenset[int] | None = None
+    ) -> None:
         self.path = path
         self.handler = handler
+        self.allowed_uids = allowed_uids or frozenset({0, os.geteuid()})
+        self.refused = 0
         self._listener: socket.socket | None = None
         self._buffers: dict[socket.socket, bytearray] = {}
 
@@ -82,6 +99,22 @@ class ControlServer:
         try:
             conn, _ = self._listener.accept()
         except BlockingIOError:
+            return
+        uid = peer_uid(conn)
+        if uid not in self.allowed_uids:
+            self.refused += 1
+            log.warning("control socket %s: refused a connection from uid %d", self.path, uid)
+            with contextlib.suppress(OSError):
+                conn.settimeout(1.0)
+                conn.sendall(
+                    encode_error(
+                        PeerRefused(
+                            f"uid {uid} may not use this control socket (only uid "
+                            f"{', '.join(map(str, sorted(self.allowed_uids)))})"
+                        )
+                    )
+                )
+            conn.close()
             return
         conn.setblocking(False)
         self._buffers[conn] = bytearray()
