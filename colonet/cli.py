@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_parsers(sub)
 
     from colonet.cli_demo import add_demo_parser
+    from colonet.cli_keys import add_keys_parser
+
+    add_keys_parser(sub)
 
     add_demo_parser(sub)
     return parser
@@ -155,6 +158,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_secondary(args)
     if args.command in ("checkpoint", "status", "failover"):
         return _engine_request(args)
+    if args.command == "keys":
+        from colonet.cli_keys import run_keys
+
+        return run_keys(args)
     if args.command == "demo":
         from colonet.cli_demo import run_demo
 

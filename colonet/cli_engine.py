@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from colonet.checkpoint.link_security import add_security_args
 from colonet.checkpoint.transport import ChannelConfig
 from colonet.control.protocol import Request
 from colonet.control.server import ControlServer
@@ -45,6 +46,7 @@ def _add_guest_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true")
     add_guest_kind_args(p)
+    add_security_args(p)
 
 
 def add_engine_parsers(sub: argparse._SubParsersAction) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from colonet.checkpoint.failover import Failover, FailoverEvent, reason_of_peer_loss
 from colonet.checkpoint.hooks import ControlSocketHooks, CountingHooks, FilterHooks
+from colonet.checkpoint.link_security import security_from_args
 from colonet.checkpoint.primary import CheckpointStats, EngineConfig, PrimaryEngine, TakenOver
 from colonet.checkpoint.protocol import PrimaryProtocol
 from colonet.checkpoint.transport import Channel, PeerLost
@@ -103,6 +104,7 @@ class _Primary:
 
 def run_primary(args: argparse.Namespace) -> int:
     peer = parse_address(args.peer, "--peer")
+    security = security_from_args(args, server_side=False)
     tmpdir = tempfile.mkdtemp(prefix="colonet-primary-")
     state = _Primary(args)
     filt: subprocess.Popen | None = None
@@ -125,9 +127,14 @@ def run_primary(args: argparse.Namespace) -> int:
             conn = socket.create_connection(peer, timeout=10)
         except OSError as exc:
             raise PeerLost("error", f"cannot reach the secondary at {args.peer}: {exc}") from None
+        conn = security.wrap(conn, server_side=False)
+        channel = Channel(
+            conn, PrimaryProtocol(), channel_config(args), auth=security.session("primary")
+        )
+        channel.handshake()  # a secondary without our key is refused here
         engine = state.engine = PrimaryEngine(
             guest,
-            Channel(conn, PrimaryProtocol(), channel_config(args)),
+            channel,
             hooks,
             EngineConfig(
                 checkpoint_delay_ms=args.checkpoint_delay_ms,

@@ -12,11 +12,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import logging
 import signal
 import socket
 import threading
 from typing import Any
 
+from colonet.checkpoint.auth import AuthError
+from colonet.checkpoint.link_security import LinkSecurity, security_from_args
 from colonet.checkpoint.protocol import SecondaryProtocol
 from colonet.checkpoint.ram_cache import RamCache
 from colonet.checkpoint.secondary import NothingToTakeOver, SecondaryEngine
@@ -28,6 +31,8 @@ from colonet.guest.embedded import EmbeddedGuest
 from colonet.guest.factory import make_guest
 from colonet.guest.qemu import QemuGuest
 from colonet.net.owner import only_in_this_process
+
+log = logging.getLogger("colonet.secondary")
 
 
 class _Secondary:
@@ -98,7 +103,33 @@ def run_secondary(args: argparse.Namespace) -> int:
             node.conn.close()
 
 
+def _accept_authenticated(
+    args: argparse.Namespace, listener: socket.socket, security: LinkSecurity
+) -> tuple[socket.socket, Channel]:
+    """The first peer that proves it holds the key; others are refused and
+    reported, before anything they send reaches the protocol."""
+    while True:
+        conn, peer = listener.accept()
+        try:
+            conn = security.wrap(conn, server_side=True)
+            channel = Channel(
+                conn, SecondaryProtocol(), channel_config(args), auth=security.session("secondary")
+            )
+            channel.handshake()
+        except AuthError as exc:
+            conn.close()
+            emit(
+                args,
+                {"event": "refused", "peer": list(peer[:2]), "reason": str(exc)},
+                f"secondary: refused {peer[0]}:{peer[1]}: {exc}",
+            )
+            log.warning("refused replication peer %s: %s", peer[0], exc)
+            continue
+        return conn, channel
+
+
 def _serve_then_take_over(args: argparse.Namespace, node: _Secondary, addr) -> int:  # type: ignore[no-untyped-def]
+    security = security_from_args(args, server_side=True)  # bad keys: fail before listening
     with socket.create_server(addr) as listener:
         host, port = listener.getsockname()[:2]
         emit(
@@ -106,9 +137,9 @@ def _serve_then_take_over(args: argparse.Namespace, node: _Secondary, addr) -> i
             {"event": "listening", "address": [host, port]},
             f"secondary: listening on {host}:{port}",
         )
-        conn, _ = listener.accept()
+        conn, channel = _accept_authenticated(args, listener, security)
     engine = node.engine = SecondaryEngine(
-        Channel(conn, SecondaryProtocol(), channel_config(args)),
+        channel,
         on_applied=lambda epoch, cache: emit(
             args,
             {"event": "applied", "epoch": epoch}

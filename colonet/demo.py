@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import queue
+import secrets
 import shutil
 import signal
 import socket
@@ -118,8 +119,9 @@ class EventProcess:
     news: queue.Queue = field(default_factory=queue.Queue)
 
     @classmethod
-    def spawn(cls, ns: str, *args: str) -> EventProcess:
-        argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "colonet", *args, "--json"]
+    def spawn(cls, ns: str | None, *args: str) -> EventProcess:
+        argv = ["ip", "netns", "exec", ns] if ns else []
+        argv += [sys.executable, "-m", "colonet", *args, "--json"]
         proc = cls(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True))
         threading.Thread(target=proc._read, daemon=True).start()
         return proc
@@ -172,7 +174,13 @@ def start_pair(
     checkpoint is committed. Both are appended to `procs` as soon as they run,
     so the caller stops them whatever happens; their control sockets are
     PRIMARY_SOCKET and SECONDARY_SOCKET in `sockets_dir`."""
-    common = ["--heartbeat-timeout-ms", str(config.heartbeat_timeout_ms)]
+    # The replication link is authenticated, as it should be in production.
+    psk = os.path.join(sockets_dir, "replication.psk")
+    if not os.path.exists(psk):
+        fd = os.open(psk, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    common = ["--heartbeat-timeout-ms", str(config.heartbeat_timeout_ms), "--psk-file", psk]
     if config.guest == "qemu":
         common += _qemu_args(topo, config)
         primary_guest: list[str] = []

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from colonet.checkpoint.auth import AuthError, PskSession
 from colonet.checkpoint.frames import ProtocolError
 from colonet.checkpoint.messages import Event
 from colonet.checkpoint.protocol import PrimaryProtocol, SecondaryProtocol
@@ -57,20 +58,53 @@ class Channel:
         sock: socket.socket,
         proto: PrimaryProtocol | SecondaryProtocol,
         config: ChannelConfig | None = None,
+        auth: PskSession | None = None,
     ) -> None:
         self.sock = sock
         self.proto = proto
         self.config = config or ChannelConfig()
+        self.auth = auth
         self._events: deque[Event] = deque()
         now = time.monotonic()
         self._last_heard = now
         self._last_sent = now
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def handshake(self, timeout_s: float = 10.0) -> None:
+        """Exchange PSK greetings (no-op without a PSK); AuthError if the peer fails."""
+        if self.auth is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        try:
+            self.sock.settimeout(timeout_s)
+            self.sock.sendall(self.auth.greeting())
+            confirmed = False
+            while not self.auth.established:
+                self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+                data = self.sock.recv(4096)
+                if not data:
+                    raise AuthError(
+                        "the peer closed the connection during the greeting (it refused our key?)"
+                    )
+                leftover = self.auth.receive(data)
+                if self.auth.keys_ready and not confirmed:
+                    self.sock.sendall(self.auth.confirmation())
+                    confirmed = True
+                if leftover:
+                    self._events.extend(self.proto.receive_data(leftover))
+        except TimeoutError:
+            raise AuthError(f"no greeting from the peer within {timeout_s:.0f} s") from None
+        except OSError as exc:
+            raise AuthError(f"the greeting failed: {exc}") from None
+        now = time.monotonic()
+        self._last_heard = self._last_sent = now
+
     def flush(self) -> None:
         data = self.proto.data_to_send()
         if not data:
             return
+        if self.auth is not None:
+            data = self.auth.seal(data)
         # Sent in chunks, each with its own deadline: a body of a gigabyte
         # may take seconds in all, but a peer that accepts nothing for the
         # whole limit is gone. (A socket timeout bounds a whole sendall.)
@@ -129,9 +163,13 @@ class Channel:
                 self.proto.receive_eof()
                 raise PeerLost("closed", "the peer closed the connection")
             self._last_heard = time.monotonic()
+            if self.auth is not None:
+                data = self.auth.receive(data)
             self._events.extend(self.proto.receive_data(data))
         except ProtocolError as exc:
             raise PeerLost("error", f"protocol error: {exc}") from exc
+        except AuthError as exc:
+            raise PeerLost("error", f"authentication: {exc}") from exc
 
     def close(self) -> None:
         self.sock.close()

@@ -1,0 +1,93 @@
+"""How the replication connection is protected: TLS, a pre-shared key, or nothing.
+
+- TLS (stdlib `ssl`): both ends present a certificate signed by the CA they
+  were given and require the other's (mutual authentication); traffic is
+  encrypted. Any certificate from that CA is accepted: the CA is the trust
+  boundary (host names are not checked).
+- PSK: `colonet.checkpoint.auth`, per-record HMAC with per-session keys;
+  integrity and identity, no confidentiality.
+- none: anyone who can reach the port can send the secondary a guest, or
+  pose as it; colonet says so on stderr at start.
+
+Keys are "configured" by the options, or by COLONET_PSK_FILE in the
+environment; configured keys are always used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import ssl
+import sys
+from dataclasses import dataclass
+
+from colonet.checkpoint.auth import AuthError, PskSession, load_psk
+from colonet.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+UNPROTECTED_WARNING = (
+    "colonet: WARNING: the replication link is neither authenticated nor encrypted: "
+    "anyone who can reach it can feed the secondary a guest or pose as either end. "
+    "Configure --psk-file (or COLONET_PSK_FILE) or --tls-cert/--tls-key/--tls-ca; "
+    "`colonet keys` makes them."
+)
+
+
+def add_security_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("replication link security (colonet keys makes these)")
+    g.add_argument(
+        "--psk-file",
+        metavar="FILE",
+        default=os.environ.get("COLONET_PSK_FILE"),
+        help="pre-shared key: HMAC on every record (default: $COLONET_PSK_FILE)",
+    )
+    g.add_argument("--tls-cert", metavar="FILE", help="this end's certificate (PEM)")
+    g.add_argument("--tls-key", metavar="FILE", help="this end's private key (PEM)")
+    g.add_argument("--tls-ca", metavar="FILE", help="CA that signed the peer's certificate")
+
+
+@dataclass(frozen=True)
+class LinkSecurity:
+    mode: str  # "tls", "psk" or "none"
+    psk: bytes | None = None
+    context: ssl.SSLContext | None = None
+
+    def wrap(self, sock: socket.socket, *, server_side: bool) -> socket.socket:
+        """TLS handshake on a connected socket (other modes: unchanged)."""
+        if self.context is None:
+            return sock
+        try:
+            sock.settimeout(10)
+            return self.context.wrap_socket(sock, server_side=server_side)
+        except (ssl.SSLError, OSError) as exc:
+            sock.close()
+            raise AuthError(f"TLS handshake with the peer failed: {exc}") from None
+
+    def session(self, role: str) -> PskSession | None:
+        return PskSession(role, self.psk) if self.psk is not None else None
+
+
+def security_from_args(args: argparse.Namespace, *, server_side: bool) -> LinkSecurity:
+    tls = (args.tls_cert, args.tls_key, args.tls_ca)
+    if any(tls) and not all(tls):
+        raise UsageError("TLS needs all three of --tls-cert, --tls-key and --tls-ca")
+    if all(tls) and args.psk_file:
+        raise UsageError("choose one: --psk-file or TLS (--tls-cert/--tls-key/--tls-ca)")
+    if all(tls):
+        purpose = ssl.Purpose.CLIENT_AUTH if server_side else ssl.Purpose.SERVER_AUTH
+        context = ssl.create_default_context(purpose, cafile=args.tls_ca)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_REQUIRED  # both ways: mutual authentication
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        try:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        except (ssl.SSLError, OSError) as exc:
+            raise UsageError(f"cannot load the TLS certificate or key: {exc}") from None
+        return LinkSecurity("tls", context=context)
+    if args.psk_file:
+        return LinkSecurity("psk", psk=load_psk(args.psk_file))
+    print(UNPROTECTED_WARNING, file=sys.stderr, flush=True)
+    return LinkSecurity("none")
