@@ -71,6 +71,11 @@ def add_engine_parsers(sub: argparse._SubParsersAction) -> None:
         help="host netdev carrying the guest's output (buffered)",
     )
     pri.add_argument("--backend", default="auto", choices=("auto", "tap", "nfqueue"))
+    pri.add_argument("--max-packets", type=int, help="filter limit per netdev (packets)")
+    pri.add_argument("--max-bytes", type=int, help="filter limit per netdev (bytes)")
+    pri.add_argument(
+        "--high-water", type=float, help="fraction of a limit that asks for an early checkpoint"
+    )
     pri.add_argument("--checkpoint-delay-ms", type=int, default=100)
     pri.add_argument(
         "--strict", action="store_true", help="keep the guest paused until the secondary has loaded"

@@ -48,6 +48,13 @@ def stats_json(stats: CheckpointStats) -> dict[str, Any]:
 def _start_filters(args: argparse.Namespace, socket_path: str) -> subprocess.Popen:
     argv = [sys.executable, "-m", "colonet", "filter", "run", "--socket", socket_path]
     argv += ["--backend", args.backend, "--json"]
+    for flag, value in (
+        ("--max-packets", args.max_packets),
+        ("--max-bytes", args.max_bytes),
+        ("--high-water", args.high_water),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
     argv += [a for n in args.netdev for a in ("--netdev", n)]
     filt = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
     assert filt.stdout is not None
@@ -78,6 +85,7 @@ class _Primary:
         status: dict[str, Any] = {
             "role": "primary",
             "checkpoints": len(history),
+            "early_checkpoints": self.engine.early_checkpoints if self.engine else 0,
             "last": stats_json(history[-1]) if history else None,
             "failover": self.failover_event
             or (self.failover.status() if self.failover else {"state": "none"}),
@@ -142,6 +150,7 @@ def run_primary(args: argparse.Namespace) -> int:
                 release_at=args.release_at,
                 record_ram_digest=args.ram_digests,
             ),
+            high_water=_high_water_probe(state.filter_sock) if state.filter_sock else None,
             on_checkpoint=lambda s: emit(
                 args,
                 {"event": "checkpoint", **stats_json(s)},
@@ -183,6 +192,23 @@ def run_primary(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):
             os.rmdir(tmpdir)
     return 0
+
+
+def _high_water_probe(filter_sock: str):  # type: ignore[no-untyped-def]
+    """True when the filter process counted a new high-water crossing."""
+    from colonet.control.client import request
+
+    seen = [0]
+
+    def crossed() -> bool:
+        try:
+            count = int(request(filter_sock, {"op": "status"})["high_water_requests"])
+        except (ColonetError, KeyError, ValueError):
+            return False
+        new, seen[0] = count > seen[0], count
+        return new
+
+    return crossed
 
 
 def _last_committed(state: _Primary) -> int | None:

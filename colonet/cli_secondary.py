@@ -13,9 +13,11 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import socket
 import threading
+import time
 from typing import Any
 
 from colonet.checkpoint.auth import AuthError
@@ -103,6 +105,26 @@ def run_secondary(args: argparse.Namespace) -> int:
             node.conn.close()
 
 
+def _cache_factory(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The RAM cache; for fault-injection tests, COLONET_FAULT_APPLY_DELAY_MS
+    makes every apply announce itself ("applying" event) and take that long."""
+    delay_ms = int(os.environ.get("COLONET_FAULT_APPLY_DELAY_MS", "0"))
+    if delay_ms <= 0:
+        return RamCache
+
+    class SlowApplyCache(RamCache):
+        def apply(self, staged):  # type: ignore[no-untyped-def]
+            emit(
+                args,
+                {"event": "applying", "epoch": staged.epoch},
+                f"secondary: applying {staged.epoch}",
+            )
+            time.sleep(delay_ms / 1000)
+            super().apply(staged)
+
+    return SlowApplyCache
+
+
 def _accept_authenticated(
     args: argparse.Namespace, listener: socket.socket, security: LinkSecurity
 ) -> tuple[socket.socket, Channel]:
@@ -140,6 +162,7 @@ def _serve_then_take_over(args: argparse.Namespace, node: _Secondary, addr) -> i
         conn, channel = _accept_authenticated(args, listener, security)
     engine = node.engine = SecondaryEngine(
         channel,
+        cache_factory=_cache_factory(args),
         on_applied=lambda epoch, cache: emit(
             args,
             {"event": "applied", "epoch": epoch}

@@ -53,6 +53,7 @@ class DemoConfig:
     guest: str = "embedded"  # or "qemu": a real VM (tools/build_guest.sh)
     qemu_ram_mib: int = 128
     boot_timeout_s: float = 90.0  # a VM under TCG boots in seconds
+    primary_args: tuple[str, ...] = ()  # more `colonet primary` options (fault tests)
 
     def __post_init__(self) -> None:
         if self.guest not in ("embedded", "qemu"):
@@ -216,6 +217,7 @@ def start_pair(
         "--socket",
         os.path.join(sockets_dir, PRIMARY_SOCKET),
         *common,
+        *config.primary_args,
     )
     procs.append(primary)
     if primary.wait_for("checkpoint", 60) is None:

@@ -86,6 +86,7 @@ class PrimaryEngine:
         hooks: FilterHooks,
         config: EngineConfig | None = None,
         on_checkpoint: Callable[[CheckpointStats], None] | None = None,
+        high_water: Callable[[], bool] | None = None,
     ) -> None:
         if not isinstance(channel.proto, PrimaryProtocol):
             raise TypeError("the primary engine needs a PrimaryProtocol channel")
@@ -95,6 +96,10 @@ class PrimaryEngine:
         self.hooks = hooks
         self.config = config or EngineConfig()
         self.on_checkpoint = on_checkpoint
+        # Asked between checkpoints: True when a filter reached its
+        # high-water mark since the last call (DESIGN invariant 6).
+        self.high_water = high_water
+        self.early_checkpoints = 0
         self.history: list[CheckpointStats] = []
         self._early = threading.Event()
         self._stop = threading.Event()
@@ -142,6 +147,9 @@ class PrimaryEngine:
                 event = self.channel.next_event(min(0.05, deadline - time.monotonic()))
                 if event is not None and not isinstance(event, HeartbeatReceived):
                     self._unexpected(event, "between checkpoints")
+                if self.high_water is not None and self.high_water():
+                    self.early_checkpoints += 1
+                    break  # a filter is filling up: checkpoint now
             self._early.clear()
             # Frames already read but not yet handled (a takeover notice
             # read together with heartbeats) come before the next checkpoint.

@@ -28,7 +28,13 @@ from colonet.net.topology import Topology, run_prefix
 
 
 class FailoverPair:
-    def __init__(self, *, buffered: bool = True, heartbeat_timeout_ms: int = 400) -> None:
+    def __init__(
+        self,
+        *,
+        buffered: bool = True,
+        heartbeat_timeout_ms: int = 400,
+        primary_args: tuple[str, ...] = (),
+    ) -> None:
         self.topo = Topology(
             run_prefix(),
             link="tap",
@@ -41,13 +47,17 @@ class FailoverPair:
         self.secondary_sock = os.path.join(self.tmp, SECONDARY_SOCKET)
         self.buffered = buffered
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
+        self.primary_args = primary_args
         self.procs: list[EventProcess] = []
         self.client: Client | None = None
 
     def start(self) -> FailoverPair:
         topo = self.topo.build()
         config = DemoConfig(
-            period_ms=50, buffered=self.buffered, heartbeat_timeout_ms=self.heartbeat_timeout_ms
+            period_ms=50,
+            buffered=self.buffered,
+            heartbeat_timeout_ms=self.heartbeat_timeout_ms,
+            primary_args=self.primary_args,
         )
         self.secondary, self.primary = start_pair(topo, config, self.tmp, self.procs)
         self.client = Client(topo, 0.005)
