@@ -86,10 +86,14 @@ class Channel:
                     raise AuthError(
                         "the peer closed the connection during the greeting (it refused our key?)"
                     )
-                leftover = self.auth.receive(data)
-                if self.auth.keys_ready and not confirmed:
-                    self.sock.sendall(self.auth.confirmation())
-                    confirmed = True
+                try:
+                    leftover = self.auth.receive(data)
+                finally:
+                    # Our confirmation goes out even when theirs just failed,
+                    # so the peer can name the fault (wrong key) too.
+                    if self.auth.keys_ready and not confirmed:
+                        confirmed = True
+                        self.sock.sendall(self.auth.confirmation())
                 if leftover:
                     self._events.extend(self.proto.receive_data(leftover))
         except TimeoutError:
