@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -76,6 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="release packet by packet instead of in batches (slower)",
     )
+    run.add_argument(
+        "--retain-payloads",
+        action="store_true",
+        help="nfqueue: keep each held packet's bytes so `filter dump` can write them",
+    )
+    run.add_argument(
+        "--capture-released",
+        metavar="FILE",
+        help="append every released epoch to this pcapng file (epoch in each comment)",
+    )
+    run.add_argument(
+        "--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics here (off by default)"
+    )
     _add_json(run)
 
     for name, helptext in (
@@ -85,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = fsub.add_parser(name, help=helptext)
         _add_socket(p)
         _add_json(p)
+    dump = fsub.add_parser("dump", help="write the packets held now to a pcapng file")
+    _add_socket(dump)
+    dump.add_argument("--out", required=True, metavar="FILE", help="e.g. held.pcapng")
+    _add_json(dump)
     commit = fsub.add_parser("commit", help="release sealed epochs up to EPOCH (default: all)")
     _add_socket(commit)
     commit.add_argument("epoch", nargs="?", type=int, metavar="EPOCH")
@@ -166,6 +184,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from colonet.cli_demo import run_demo
 
         return run_demo(args)
+    if args.command == "report":
+        from colonet.cli_demo import run_report
+
+        return run_report(args)
     raise UsageError(f"unknown command {args.command}")
 
 
@@ -177,6 +199,8 @@ def _filter_request(args: argparse.Namespace) -> int:
         body["epoch"] = args.epoch
     if args.filter_command == "failover":
         body["role"] = args.role
+    if args.filter_command == "dump":
+        body["path"] = os.path.abspath(args.out)
     result = request(args.socket, body)
     if args.json:
         print(json.dumps({"ok": True, "result": result}))
@@ -187,6 +211,8 @@ def _filter_request(args: argparse.Namespace) -> int:
             f"committed up to epoch {result['epoch']}: "
             f"{result['released_packets']} packet(s) released"
         )
+    elif args.filter_command == "dump":
+        print(f"{result['packets']} held packet(s) written to {result['path']}")
     elif args.filter_command == "failover":
         verb = "released" if args.role == "primary" else "discarded"
         count = result[f"{verb}_packets"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from typing import Any
@@ -45,7 +46,18 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
         default="embedded",
         help="qemu: a real VM (Debian kernel + busybox, built by tools/build_guest.sh)",
     )
+    demo.add_argument(
+        "--out-dir",
+        default="colonet-demo",
+        metavar="DIR",
+        help="where the run log (run.jsonl) and its timeline (timeline.png) go "
+        "(default: ./colonet-demo; '' for none)",
+    )
     demo.add_argument("--json", action="store_true", help="summary as one JSON line")
+
+    report = sub.add_parser("report", help="draw a run's timeline from its event log")
+    report.add_argument("log", metavar="RUN.jsonl")
+    report.add_argument("--out", required=True, metavar="FILE.png")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -58,6 +70,7 @@ def run_demo(args: argparse.Namespace) -> int:
             buffered=not args.no_buffer,
             heartbeat_timeout_ms=args.heartbeat_timeout_ms,
             guest=args.guest,
+            out_dir=os.path.abspath(args.out_dir) if args.out_dir else None,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -73,6 +86,17 @@ def run_demo(args: argparse.Namespace) -> int:
     else:
         print_summary(summary)
     return 0 if summary["verdict"] == "pass" else 1
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from colonet.report import load_events, render
+
+    drawn = render(load_events(args.log), args.out)
+    print(
+        f"{args.out}: {drawn['checkpoints']} checkpoints, {drawn['applied']} applied, "
+        f"{drawn['held_samples']} held samples, {drawn['failovers']} failover event(s)"
+    )
+    return 0
 
 
 def _interrupt(*_: object) -> None:

@@ -17,6 +17,7 @@ from colonet.control.protocol import Request
 from colonet.control.server import ControlServer
 from colonet.errors import UsageError
 from colonet.guest.factory import add_guest_kind_args
+from colonet.metrics import EngineMetrics, serve_metrics
 
 log = logging.getLogger("colonet.engine")
 
@@ -43,6 +44,9 @@ def _add_guest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket", metavar="PATH", help="control socket (status, failover, ...)")
     p.add_argument(
         "--ram-digests", action="store_true", help="report sha256 of RAM at each checkpoint"
+    )
+    p.add_argument(
+        "--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics here (off by default)"
     )
     p.add_argument("--json", action="store_true")
     add_guest_kind_args(p)
@@ -98,10 +102,24 @@ def add_engine_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def emit(args: argparse.Namespace, event: dict[str, Any], text: str) -> None:
-    """One event: a JSON line (--json) or a sentence, on stdout and in the log."""
+    """One event: a JSON line (--json) or a sentence, on stdout and in the log.
+
+    Failover events are also counted in the metrics, when they are served."""
     print(json.dumps(event) if args.json else text, flush=True)
     if event.get("event") == "failover":
         log.warning("%s", json.dumps(event))
+        metrics = getattr(args, "engine_metrics", None)
+        if metrics is not None and "reason" in event:
+            metrics.failover(event["mode"], event["reason"])
+
+
+def start_metrics(args: argparse.Namespace, status=None) -> EngineMetrics | None:  # type: ignore[no-untyped-def]
+    """Serve --metrics if asked; the engine's metrics (also kept on args)."""
+    if not args.metrics:
+        return None
+    _, metrics = serve_metrics(parse_address(args.metrics, "--metrics"), status)
+    args.engine_metrics = metrics
+    return metrics
 
 
 def channel_config(args: argparse.Namespace) -> ChannelConfig:

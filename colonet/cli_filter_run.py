@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 
+from colonet.buffer.capture import ReleasedCapture
 from colonet.buffer.epoch_queue import BufferLimitError, BufferLimits
 from colonet.buffer.filter_set import BackendOptions, FilterSet
+from colonet.buffer.nfqueue import NfqueueConfig
+from colonet.cli_engine import parse_address
 from colonet.control.server import claim_socket_path
 from colonet.errors import UsageError
 from colonet.filter_daemon import FilterDaemon
+from colonet.metrics import serve_metrics
 from colonet.net.privilege import require_net_admin
 
 log = logging.getLogger(__name__)
@@ -33,11 +38,21 @@ def run_filters(args: argparse.Namespace) -> int:
         args.netdev,
         backend=args.backend,
         limits=limits,
-        options=BackendOptions(batch_release=not args.no_batch_release),
+        options=BackendOptions(
+            batch_release=not args.no_batch_release,
+            nfqueue=NfqueueConfig(
+                retain_payloads=args.retain_payloads or bool(args.capture_released)
+            ),
+        ),
         on_high_water=lambda netdev: daemon.on_high_water(netdev) if daemon else None,
     )
     daemon = FilterDaemon(filters, args.socket)
+    capture = None
     try:
+        if args.capture_released:
+            capture = filters.on_release = ReleasedCapture(os.path.abspath(args.capture_released))
+        if args.metrics:
+            serve_metrics(parse_address(args.metrics, "--metrics"), daemon.status)
         daemon.open()
         backends = {f.netdev: f.backend.name for f in filters.filters}
         ready = {"event": "ready", "socket": args.socket, "backends": backends}
@@ -51,6 +66,8 @@ def run_filters(args: argparse.Namespace) -> int:
         daemon.run()
     finally:
         daemon.close()
+        if capture is not None:
+            capture.close()
     final = daemon.status()
     if args.json:
         print(json.dumps({"event": "stopped", "status": final}), flush=True)

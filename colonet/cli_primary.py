@@ -29,11 +29,18 @@ from colonet.checkpoint.link_security import security_from_args
 from colonet.checkpoint.primary import CheckpointStats, EngineConfig, PrimaryEngine, TakenOver
 from colonet.checkpoint.protocol import PrimaryProtocol
 from colonet.checkpoint.transport import Channel, PeerLost
-from colonet.cli_engine import EngineControl, channel_config, emit, parse_address
+from colonet.cli_engine import (
+    EngineControl,
+    channel_config,
+    emit,
+    parse_address,
+    start_metrics,
+)
 from colonet.control.protocol import Request
 from colonet.errors import ColonetError
 from colonet.guest.base import Guest
 from colonet.guest.factory import make_guest
+from colonet.metrics import EngineMetrics
 from colonet.net.owner import die_with_parent, only_in_this_process
 
 
@@ -103,6 +110,13 @@ class _Primary:
         self.engine.request_early_checkpoint()
         return {"requested": True}
 
+    def dump(self, request: Request) -> dict[str, Any]:
+        if not self.filter_sock or not os.path.exists(self.filter_sock):
+            raise ColonetError("no filters are running: nothing is held")
+        from colonet.control.client import request as ask
+
+        return ask(self.filter_sock, {"op": "dump", "path": request.path})
+
     def go_alone(self, _: Request) -> dict[str, Any]:
         if self.engine is None:
             raise ColonetError("the engine is not running yet")
@@ -128,6 +142,7 @@ def run_primary(args: argparse.Namespace) -> int:
             state.filter_sock = os.path.join(tmpdir, "filter.sock")
             filt = _start_filters(args, state.filter_sock)
             hooks = ControlSocketHooks(state.filter_sock)
+        metrics = start_metrics(args, _filter_status(state.filter_sock))
         # The guest runs (a VM has booted) before the secondary hears from us:
         # its heartbeat timer starts with the connection.
         guest.activate()
@@ -151,12 +166,7 @@ def run_primary(args: argparse.Namespace) -> int:
                 record_ram_digest=args.ram_digests,
             ),
             high_water=_high_water_probe(state.filter_sock) if state.filter_sock else None,
-            on_checkpoint=lambda s: emit(
-                args,
-                {"event": "checkpoint", **stats_json(s)},
-                f"checkpoint {s.epoch:>5}: {s.dirty_pages:>6} dirty pages {s.body_bytes:>9} B "
-                f"pause {s.pause_ms:6.2f} ms transfer {s.transfer_ms:6.2f} ms",
-            ),
+            on_checkpoint=lambda s: _checkpointed(args, metrics, s),
         )
         if args.socket:
             control = EngineControl(
@@ -165,6 +175,7 @@ def run_primary(args: argparse.Namespace) -> int:
                     "status": state.status,
                     "checkpoint": state.checkpoint,
                     "failover": state.go_alone,
+                    "dump": state.dump,
                 },
             )
         if args.duration:
@@ -192,6 +203,28 @@ def run_primary(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):
             os.rmdir(tmpdir)
     return 0
+
+
+def _checkpointed(
+    args: argparse.Namespace, metrics: EngineMetrics | None, s: CheckpointStats
+) -> None:
+    if metrics is not None:
+        metrics.checkpoint(s.pause_ms, s.transfer_ms, s.dirty_pages, s.body_bytes)
+    emit(
+        args,
+        {"event": "checkpoint", **stats_json(s)},
+        f"checkpoint {s.epoch:>5}: {s.dirty_pages:>6} dirty pages {s.body_bytes:>9} B "
+        f"pause {s.pause_ms:6.2f} ms transfer {s.transfer_ms:6.2f} ms",
+    )
+
+
+def _filter_status(filter_sock: str | None):  # type: ignore[no-untyped-def]
+    """The filter process's status, for metrics scrapes (None: no filters)."""
+    if filter_sock is None:
+        return None
+    from colonet.control.client import request
+
+    return lambda: request(filter_sock, {"op": "status"}) if os.path.exists(filter_sock) else None
 
 
 def _high_water_probe(filter_sock: str):  # type: ignore[no-untyped-def]

@@ -26,7 +26,13 @@ from colonet.checkpoint.protocol import SecondaryProtocol
 from colonet.checkpoint.ram_cache import RamCache
 from colonet.checkpoint.secondary import NothingToTakeOver, SecondaryEngine
 from colonet.checkpoint.transport import Channel
-from colonet.cli_engine import EngineControl, channel_config, emit, parse_address
+from colonet.cli_engine import (
+    EngineControl,
+    channel_config,
+    emit,
+    parse_address,
+    start_metrics,
+)
 from colonet.control.protocol import Request
 from colonet.errors import ColonetError
 from colonet.guest.embedded import EmbeddedGuest
@@ -105,6 +111,15 @@ def run_secondary(args: argparse.Namespace) -> int:
             node.conn.close()
 
 
+def _counting(on_applied, metrics):  # type: ignore[no-untyped-def]
+    def applied(epoch, cache):  # type: ignore[no-untyped-def]
+        metrics.applied.inc()
+        if on_applied is not None:
+            on_applied(epoch, cache)
+
+    return applied
+
+
 def _cache_factory(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The RAM cache; for fault-injection tests, COLONET_FAULT_APPLY_DELAY_MS
     makes every apply announce itself ("applying" event) and take that long."""
@@ -170,6 +185,9 @@ def _serve_then_take_over(args: argparse.Namespace, node: _Secondary, addr) -> i
             f"secondary: checkpoint {epoch} applied",
         ),
     )
+    metrics = start_metrics(args)
+    if metrics is not None:
+        engine.on_applied = _counting(engine.on_applied, metrics)
     result = engine.serve()
     # The connection stays open while the guest runs here: a primary that
     # was only stalled reads the takeover notice, not a reset, and stands down.

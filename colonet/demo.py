@@ -51,6 +51,7 @@ class DemoConfig:
     heartbeat_timeout_ms: int = 500
     request_interval_s: float = 0.005
     guest: str = "embedded"  # or "qemu": a real VM (tools/build_guest.sh)
+    out_dir: str | None = None  # where the run log and its timeline go (None: nowhere)
     qemu_ram_mib: int = 128
     boot_timeout_s: float = 90.0  # a VM under TCG boots in seconds
     primary_args: tuple[str, ...] = ()  # more `colonet primary` options (fault tests)
@@ -116,6 +117,7 @@ class EventProcess:
     """A colonet process in a namespace whose JSON events are collected."""
 
     popen: subprocess.Popen
+    source: str = ""
     events: list[dict[str, Any]] = field(default_factory=list)
     news: queue.Queue = field(default_factory=queue.Queue)
 
@@ -123,7 +125,7 @@ class EventProcess:
     def spawn(cls, ns: str | None, *args: str) -> EventProcess:
         argv = ["ip", "netns", "exec", ns] if ns else []
         argv += [sys.executable, "-m", "colonet", *args, "--json"]
-        proc = cls(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True))
+        proc = cls(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True), source=args[0])
         threading.Thread(target=proc._read, daemon=True).start()
         return proc
 
@@ -131,7 +133,8 @@ class EventProcess:
         assert self.popen.stdout is not None
         for line in self.popen.stdout:
             if line.startswith("{"):
-                event = json.loads(line)
+                # Stamped on arrival: the run log's time axis (ms accuracy).
+                event = json.loads(line) | {"t": time.time(), "source": self.source}
                 self.events.append(event)
                 self.news.put(event)
         self.news.put(None)
@@ -260,6 +263,8 @@ def run_once(config: DemoConfig, out: TextIO | None = None) -> dict[str, Any]:
     tmpdir = tempfile.mkdtemp(prefix="colonet-demo-")
     procs: list[EventProcess] = []
     client: Client | None = None
+    sampler: HeldSampler | None = None
+    demo_events: list[dict[str, Any]] = []
     try:
         topo.build()
         say(
@@ -270,6 +275,8 @@ def run_once(config: DemoConfig, out: TextIO | None = None) -> dict[str, Any]:
         )
         secondary, primary = start_pair(topo, config, tmpdir, procs)
         primary_sock = os.path.join(tmpdir, PRIMARY_SOCKET)
+        sampler = HeldSampler(primary_sock)
+        sampler.start()
         client = Client(topo, config.request_interval_s)
         client.start()
         if not _wait_first_reply(client, config.boot_timeout_s):
@@ -282,6 +289,8 @@ def run_once(config: DemoConfig, out: TextIO | None = None) -> dict[str, Any]:
         _follow(primary, client, started + config.kill_after_s, say)
         held = _held_packets(primary_sock)
         killed_at = time.monotonic()
+        sampler.stop()
+        demo_events.append({"t": time.time(), "source": "demo", "event": "kill"})
         primary.popen.kill()  # SIGKILL: no goodbye, no flush, no cleanup
         topo.kill_guest_nic()
         say(f"demo: primary killed (SIGKILL) with {held} packet(s) held, never to be released")
@@ -298,13 +307,73 @@ def run_once(config: DemoConfig, out: TextIO | None = None) -> dict[str, Any]:
         say("demo: interrupted, tearing down")
         raise
     finally:
+        if sampler is not None:
+            sampler.stop()
         if client is not None:
             client.close()
         for proc in procs:
             proc.stop()
         topo.destroy()
         shutil.rmtree(tmpdir, ignore_errors=True)
-    return _summary(config, primary, secondary, client, killed_at, held)
+    summary = _summary(config, primary, secondary, client, killed_at, held)
+    if config.out_dir:
+        summary |= write_run(
+            config.out_dir, primary.events + secondary.events + sampler.events + demo_events,
+            summary,
+        )  # fmt: skip
+        say(f"demo: run log {summary['run_log']}, timeline {summary['timeline']}")
+    return summary
+
+
+class HeldSampler(threading.Thread):
+    """Samples what the primary's filters hold, every 100 ms, for the timeline."""
+
+    def __init__(self, primary_sock: str) -> None:
+        super().__init__(daemon=True, name="held-sampler")
+        self.primary_sock = primary_sock
+        self.events: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(0.1):
+            held = _filters_held(self.primary_sock)
+            if held is not None:
+                event = {"t": time.time(), "source": "filters", "event": "filters"}
+                self.events.append(event | {"netdevs": held})
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _filters_held(primary_sock: str) -> list[dict[str, Any]] | None:
+    from colonet.control.client import request
+
+    try:
+        filters = request(primary_sock, {"op": "status"}).get("filters")
+    except ColonetError:
+        return None
+    if not filters:
+        return None
+    return [
+        {k: n[k] for k in ("netdev", "held_packets", "held_bytes", "tail_dropped_packets")}
+        for n in filters["netdevs"]
+    ]
+
+
+def write_run(out_dir: str, events: list[dict[str, Any]], summary: dict[str, Any]) -> dict:
+    """The run log (JSON lines, by time) and its timeline picture."""
+    from colonet.report import render
+
+    os.makedirs(out_dir, exist_ok=True)
+    log_path = os.path.join(out_dir, "run.jsonl")
+    ordered = sorted(events, key=lambda e: e["t"])
+    ordered.append({"t": time.time(), "source": "demo", "event": "summary", **summary})
+    with open(log_path, "w") as f:
+        for event in ordered:
+            f.write(json.dumps(event) + "\n")
+    picture = os.path.join(out_dir, "timeline.png")
+    render(ordered, picture)
+    return {"run_log": log_path, "timeline": picture}
 
 
 def _wait_first_reply(client: Client, timeout_s: float) -> bool:
@@ -336,14 +405,8 @@ def _follow(primary: EventProcess, client: Client, until: float, say) -> None:  
 
 
 def _held_packets(primary_sock: str) -> int | None:
-    from colonet.control.client import request
-
-    try:
-        status = request(primary_sock, {"op": "status"})
-    except ColonetError:
-        return None
-    filters = status.get("filters")
-    return sum(n["held_packets"] for n in filters["netdevs"]) if filters else 0
+    held = _filters_held(primary_sock)
+    return None if held is None else sum(n["held_packets"] for n in held)
 
 
 def _pct(values: list[float], q: float) -> float | None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from colonet.buffer.capture import dump_held
 from colonet.buffer.filter_set import FilterSet
 from colonet.control.protocol import Request
 from colonet.control.server import ControlServer
@@ -50,6 +51,9 @@ class FilterDaemon:
             settled = self.filters.failover(request.role)
             verb = "released_packets" if request.role == "primary" else "discarded_packets"
             return {"role": request.role, verb: settled}
+        if request.op == "dump":
+            assert request.path is not None
+            return dump_held(self.filters, request.path)
         return self.status()
 
     def status(self) -> dict[str, Any]:

@@ -299,6 +299,10 @@ class EpochQueue(Generic[P]):
         self._discarded_bytes += nbytes
         return out
 
+    def held(self) -> list[tuple[int, list[P]]]:
+        """(epoch, packets) of every held epoch, oldest first (a copy)."""
+        return [(e.epoch, list(e.packets)) for e in self._epochs if e.packets]
+
     def stats(self) -> QueueStats:
         """Snapshot the counters; O(held epochs), meant for status, not the hot path."""
         last_sealed = self._last_sealed

@@ -7,6 +7,7 @@ operations: `begin_checkpoint()`, `commit(n)` and `failover(role)`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -47,10 +48,17 @@ def make_backend(
 
 
 class FilterSet:
-    def __init__(self, filters: Sequence[Filter]) -> None:
+    def __init__(
+        self, filters: Sequence[Filter], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if not filters:
             raise UsageError("a filter set needs at least one netdev")
         self.filters = list(filters)
+        self.clock = clock
+        # When each epoch opened: the age of the oldest unreleased epoch is
+        # how long its first packet may have waited.
+        self._opened_at: dict[int, float] = {self.open_epoch: clock()}
+        self.on_release: Callable[[str, int, list[object]], None] | None = None
 
     @classmethod
     def attach(
@@ -136,6 +144,7 @@ class FilterSet:
         if len(sealed) != 1:
             raise RuntimeError(f"filters sealed different epochs: {sorted(sealed)}")
         epoch = sealed.pop()
+        self._opened_at[epoch + 1] = self.clock()
         log.info("sealed epoch %d on %d netdev(s)", epoch, len(self.filters))
         return epoch
 
@@ -155,9 +164,20 @@ class FilterSet:
         if upto > last:
             sealed = f"sealed epochs go up to {last}" if last else "no epoch is sealed yet"
             raise EpochError(f"epoch {upto} does not exist or is not sealed: {sealed}")
+        if upto and self.on_release is not None:
+            for f in self.filters:
+                for epoch, packets in f.queue.held():
+                    if epoch <= upto:
+                        self.on_release(f.netdev, epoch, packets)
         released = sum(f.commit(upto) for f in self.filters) if upto else 0
+        for epoch in [e for e in self._opened_at if e <= upto]:
+            del self._opened_at[epoch]
         log.info("committed epoch %d: released %d packet(s)", upto, released)
         return upto, released
+
+    def oldest_epoch_age_s(self) -> float:
+        """Seconds since the oldest epoch still held opened."""
+        return self.clock() - min(self._opened_at.values())
 
     def failover(self, role: FailoverRole | str) -> int:
         role = FailoverRole(role)
@@ -192,5 +212,6 @@ class FilterSet:
             "open_epoch": self.open_epoch,
             "last_sealed": self.last_sealed,
             "last_released": min(n["last_released"] for n in netdevs),
+            "oldest_epoch_age_s": round(self.oldest_epoch_age_s(), 6),
             "netdevs": netdevs,
         }

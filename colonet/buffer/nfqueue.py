@@ -48,6 +48,9 @@ class NfqueueConfig:
     socket_buffer_bytes: int = 64 * 1024 * 1024
     batch_verdicts: bool = True
     drain_timeout_ms: int = 500
+    # Keep a copy of each held packet's bytes (for `filter dump` and
+    # --capture-released); off by default: the kernel holds the packet anyway.
+    retain_payloads: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.first_queue_num <= 0xFFFF:
@@ -153,6 +156,8 @@ class NfqueueBackend:
         # and dropped those packets itself; /proc counts them as user_dropped.
         self.last_id = packet.id  # type: ignore[attr-defined]
         self._outstanding += 1
+        if self.config.retain_payloads:
+            packet.retain()  # type: ignore[attr-defined]
         payload = packet.get_payload()  # type: ignore[attr-defined]
         assert self._deliver is not None
         self._deliver(packet, ip_packet_length(payload, len(payload)))

@@ -7,6 +7,7 @@ A request names an operation and its arguments:
     {"op": "failover", "role": "primary"}   # or "secondary"; an engine's
                                             # socket takes it without a role
     {"op": "status"}
+    {"op": "dump", "path": "/abs/held.pcapng"}   # held packets to pcapng
 
 A response is {"ok": true, "result": {...}} or
 {"ok": false, "error": {"kind": ..., "message": ..., "exit_code": n}}.
@@ -21,7 +22,7 @@ from typing import Any
 from colonet.errors import ColonetError, RemoteRequestError
 
 MAX_REQUEST_BYTES = 64 * 1024
-OPERATIONS = ("checkpoint", "commit", "failover", "status")
+OPERATIONS = ("checkpoint", "commit", "failover", "status", "dump")
 ROLES = ("primary", "secondary")
 
 
@@ -30,6 +31,7 @@ class Request:
     op: str
     epoch: int | None = None
     role: str | None = None
+    path: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"op": self.op}
@@ -37,6 +39,8 @@ class Request:
             body["epoch"] = self.epoch
         if self.role is not None:
             body["role"] = self.role
+        if self.path is not None:
+            body["path"] = self.path
         return body
 
 
@@ -57,7 +61,7 @@ def parse_request(line: bytes) -> Request:
     op = body.get("op")
     if op not in OPERATIONS:
         raise RemoteRequestError(f"unknown op {op!r}: expected one of {', '.join(OPERATIONS)}")
-    allowed = {"op", "epoch"} if op == "commit" else {"op", "role"} if op == "failover" else {"op"}
+    allowed = {"op", {"commit": "epoch", "failover": "role", "dump": "path"}.get(op, "op")}
     extra = sorted(set(body) - allowed)
     if extra:
         raise RemoteRequestError(f"op {op!r} takes no field(s) {', '.join(extra)}")
@@ -67,7 +71,10 @@ def parse_request(line: bytes) -> Request:
     role = body.get("role")
     if op == "failover" and role is not None and role not in ROLES:
         raise RemoteRequestError(f"failover role must be one of {', '.join(ROLES)}, got {role!r}")
-    return Request(op=op, epoch=epoch, role=role)
+    path = body.get("path")
+    if op == "dump" and (not isinstance(path, str) or not path.startswith("/")):
+        raise RemoteRequestError(f"dump needs an absolute 'path' string, got {path!r}")
+    return Request(op=op, epoch=epoch, role=role, path=path)
 
 
 def encode_result(result: dict[str, Any]) -> bytes:

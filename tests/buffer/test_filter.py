@@ -549,7 +549,13 @@ def test_filter_set_status_shape() -> None:
     fill_two_epochs(fs, fakes)
     fs.commit(1)
     status = fs.status()
-    assert set(status) == {"open_epoch", "last_sealed", "last_released", "netdevs"}
+    assert set(status) == {
+        "open_epoch",
+        "last_sealed",
+        "last_released",
+        "oldest_epoch_age_s",
+        "netdevs",
+    }
     assert (status["open_epoch"], status["last_sealed"], status["last_released"]) == (3, 2, 1)
     netdevs = status["netdevs"]
     assert isinstance(netdevs, list)
@@ -569,3 +575,29 @@ def test_filter_set_fds_maps_fileno_to_filter() -> None:
     assert fs.fds() == {100: fs.filters[0], 101: fs.filters[1], 102: fs.filters[2]}
     fs.filters[1].failover(FailoverRole.PRIMARY)
     assert fs.fds() == {100: fs.filters[0], 102: fs.filters[2]}
+
+
+def test_epoch_age_is_the_wait_of_the_oldest_unreleased_epoch() -> None:
+    now = [100.0]
+    pairs = [make_filter("tap0", fd=100)]
+    fs = FilterSet([f for f, _ in pairs], clock=lambda: now[0])
+    fake = pairs[0][1]
+    now[0] = 101.0
+    fs.begin_checkpoint()  # epoch 1 (opened at 100) sealed, 2 opens at 101
+    now[0] = 103.5
+    assert fs.oldest_epoch_age_s() == 3.5
+    fs.commit(1)
+    assert fs.oldest_epoch_age_s() == 2.5  # epoch 2, open since 101
+    assert fake is not None
+
+
+def test_released_epochs_are_handed_to_a_capture_before_they_go() -> None:
+    fs, fakes, _ = make_set(2)
+    fill_two_epochs(fs, fakes)
+    seen: list[tuple[str, int, list[object]]] = []
+    fs.on_release = lambda netdev, epoch, packets: seen.append((netdev, epoch, packets))
+    held_before = {f.netdev: f.queue.held() for f in fs.filters}
+    fs.commit(1)
+    assert [(n, e) for n, e, _ in seen] == [("tap0", 1), ("tap1", 1)]
+    assert seen[0][2] == held_before["tap0"][0][1]
+    assert [e for e, _ in fs.filters[0].queue.held()] == [2, 3]

@@ -32,8 +32,10 @@ def run_prefix_of(pid: int) -> str:
     return f"cn{pid}x"
 
 
-def test_demo_fails_over_live_with_a_passing_verdict_and_cleans_up():
-    code, summary, progress = _demo("--duration", "3", "--kill-after", "1.5")
+def test_demo_fails_over_live_with_a_passing_verdict_and_cleans_up(tmp_path):
+    code, summary, progress = _demo(
+        "--duration", "3", "--kill-after", "1.5", "--out-dir", str(tmp_path)
+    )
     assert code == 0, (summary["violations"], progress)
     assert summary["verdict"] == "pass" and summary["violations"] == []
     assert summary["checkpoints"] >= 5
@@ -47,10 +49,37 @@ def test_demo_fails_over_live_with_a_passing_verdict_and_cleans_up():
     # Replies through the buffered primary wait for a commit.
     assert summary["rtt_ms_median"] > 10
     assert "primary killed (SIGKILL)" in progress and "secondary took over" in progress
+    # It leaves its event log and a timeline drawn from it.
+    with open(summary["run_log"]) as log:
+        events = [json.loads(line) for line in log]
+    kinds = {(e["source"], e["event"]) for e in events}
+    for kind in (
+        ("primary", "checkpoint"),
+        ("secondary", "applied"),
+        ("filters", "filters"),
+        ("demo", "kill"),
+        ("secondary", "failover"),
+        ("demo", "summary"),
+    ):
+        assert kind in kinds, kind
+    assert [e["t"] for e in events] == sorted(e["t"] for e in events)
+    with open(summary["timeline"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    redrawn = subprocess.run(
+        colonet_argv("report", summary["run_log"], "--out", str(tmp_path / "again.png")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert redrawn.returncode == 0, redrawn.stderr
+    assert "failover event" in redrawn.stdout and (tmp_path / "again.png").stat().st_size > 0
 
 
 def test_demo_negative_control_exits_1_and_cleans_up():
-    results = [_demo("--duration", "2.5", "--kill-after", k, "--no-buffer") for k in ("1", "1.4")]
+    results = [
+        _demo("--duration", "2.5", "--kill-after", k, "--no-buffer", "--out-dir", "")
+        for k in ("1", "1.4")
+    ]
     assert any(code == 1 and s["verdict"] == "fail" for code, s, _ in results), results
     assert all(not s["buffered"] for _, s, _ in results)
 
@@ -68,7 +97,7 @@ def test_demo_refuses_a_kill_time_after_the_end():
 
 def test_demo_interrupted_tears_everything_down():
     proc = subprocess.Popen(
-        colonet_argv("demo", "--duration", "30", "--kill-after", "20"),
+        colonet_argv("demo", "--duration", "30", "--kill-after", "20", "--out-dir", ""),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -1,0 +1,73 @@
+"""Write what the filters hold (and, optionally, what they release) to pcapng.
+
+Each packet's comment says `epoch=N netdev=IF state=held|released`; the tap
+backend holds Ethernet frames, the nfqueue backend bare IP packets, which go
+behind a synthetic Ethernet header so one file serves both (see pcapng.py).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import BinaryIO
+
+from colonet.buffer.filter_set import FilterSet
+from colonet.buffer.pcapng import PcapngWriter, ethernet_from_ip
+from colonet.errors import UsageError
+
+
+def packet_bytes(packet: object) -> bytes:
+    """The wire bytes of a held packet, as an Ethernet frame."""
+    if isinstance(packet, bytes | bytearray):
+        return bytes(packet)
+    try:
+        payload = packet.get_payload()  # type: ignore[attr-defined]
+    except RuntimeError:
+        raise UsageError(
+            "the nfqueue backend keeps held packets in the kernel, not their bytes: "
+            "run `colonet filter run` with --retain-payloads (or the tap backend) to dump them"
+        ) from None
+    return ethernet_from_ip(payload)
+
+
+def open_private(path: str) -> BinaryIO:
+    """A new capture file, mode 0600 (held packets are the guest's traffic)."""
+    if not os.path.isabs(path):
+        raise UsageError(f"capture path {path!r} must be absolute")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    return os.fdopen(fd, "wb")
+
+
+def dump_held(filters: FilterSet, path: str) -> dict[str, object]:
+    """Every packet held now, oldest epoch first, per netdev."""
+    with open_private(path) as out:
+        writer = PcapngWriter(out)
+        per_netdev: dict[str, int] = {}
+        for f in filters.filters:
+            iface = writer.interface(f.netdev)
+            for epoch, packets in f.queue.held():
+                for packet in packets:
+                    comment = f"epoch={epoch} netdev={f.netdev} state=held"
+                    writer.packet(iface, packet_bytes(packet), comment=comment)
+                per_netdev[f.netdev] = per_netdev.get(f.netdev, 0) + len(packets)
+    return {"path": path, "packets": writer.packets, "per_netdev": per_netdev}
+
+
+class ReleasedCapture:
+    """Appends every released epoch to one pcapng file (FilterSet.on_release)."""
+
+    def __init__(self, path: str) -> None:
+        self.out = open_private(path)
+        self.writer = PcapngWriter(self.out)
+
+    def __call__(self, netdev: str, epoch: int, packets: list[object]) -> None:
+        iface = self.writer.interface(netdev)
+        for packet in packets:
+            comment = f"epoch={epoch} netdev={netdev} state=released"
+            self.writer.packet(iface, packet_bytes(packet), comment=comment)
+        self.out.flush()
+
+    def close(self) -> None:
+        self.out.close()
