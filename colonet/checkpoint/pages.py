@@ -195,7 +195,25 @@ def _pack_section(section: DeviceSection) -> list[bytes]:
     return [SECTION_HEADER.pack(len(name), section.version, len(section.data)), name, section.data]
 
 
-def encode_checkpoint(
+@dataclass(frozen=True)
+class CheckpointSnapshot:
+    """A checkpoint's pieces, copied out of RAM: no reference to guest memory.
+
+    Taking it is the part that must happen while the guest is paused (read
+    the pages, save the devices); `encode()` (hash and join, the slow part
+    for a large body) can run after the guest resumed.
+    """
+
+    chunks: tuple[bytes, ...]
+
+    def encode(self) -> bytes:
+        digest = hashlib.sha256()
+        for chunk in self.chunks:
+            digest.update(chunk)
+        return b"".join((*self.chunks, digest.digest()))
+
+
+def snapshot_checkpoint(
     epoch: int,
     ram: bytes | bytearray | memoryview | object,
     dirty_pages: Iterable[int] | None,
@@ -203,11 +221,11 @@ def encode_checkpoint(
     compress: bool = False,
     *,
     page_size: int = PAGE_SIZE,
-) -> bytes:
-    """The body of checkpoint `epoch`: all of `ram` (dirty_pages None) or its dirty pages.
+) -> CheckpointSnapshot:
+    """Copy checkpoint `epoch` out of `ram` (all of it, or its dirty pages).
 
     `ram` is anything with the buffer protocol (bytes, bytearray, mmap,
-    memoryview); read it while the guest is paused.
+    memoryview); call this while the guest is paused.
     """
     if not _is_int(epoch) or not 0 <= epoch < _U64:
         raise ValueError(f"epoch must be an int in 0..2**64-1, got {epoch!r}")
@@ -227,7 +245,7 @@ def encode_checkpoint(
     else:
         runs = _plan_runs(view, _sorted_pages(dirty_pages, ram_pages), page_size)
     flags = (FULL if dirty_pages is None else 0) | (COMPRESSED if compress else 0)
-    chunks: list[bytes | memoryview] = [
+    chunks: list[bytes] = [
         HEADER.pack(
             MAGIC, FORMAT_VERSION, flags, epoch, page_size, ram_pages, len(runs), len(sections)
         )
@@ -241,16 +259,29 @@ def encode_checkpoint(
                 chunks.append(BLOB_LENGTH.pack(len(blob)))
                 chunks.append(blob)
             else:
-                chunks.append(data)
+                chunks.append(bytes(data))  # the copy: RAM may change once resumed
     for section in sections:
-        chunks.extend(_pack_section(section))
-    # Hash the very chunks that are joined: a RAM change between the two
-    # (guest not paused) shows up as a digest mismatch at the receiver.
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk)
-    chunks.append(digest.digest())
-    return b"".join(chunks)
+        chunks.extend(bytes(c) for c in _pack_section(section))
+    return CheckpointSnapshot(tuple(chunks))
+
+
+def encode_checkpoint(
+    epoch: int,
+    ram: bytes | bytearray | memoryview | object,
+    dirty_pages: Iterable[int] | None,
+    sections: Sequence[DeviceSection],
+    compress: bool = False,
+    *,
+    page_size: int = PAGE_SIZE,
+) -> bytes:
+    """The body of checkpoint `epoch`: all of `ram` (dirty_pages None) or its dirty pages.
+
+    Read `ram` while the guest is paused. The same as taking a snapshot and
+    encoding it at once.
+    """
+    return snapshot_checkpoint(
+        epoch, ram, dirty_pages, sections, compress, page_size=page_size
+    ).encode()
 
 
 # -- decoding ---------------------------------------------------------------

@@ -31,7 +31,7 @@ from colonet.checkpoint.messages import (
     SecondaryReady,
     ShutdownReceived,
 )
-from colonet.checkpoint.pages import encode_checkpoint
+from colonet.checkpoint.pages import snapshot_checkpoint
 from colonet.checkpoint.protocol import PrimaryProtocol
 from colonet.checkpoint.transport import Channel, PeerLost
 from colonet.errors import ColonetError
@@ -180,7 +180,9 @@ class PrimaryEngine:
             dirty = self.guest.collect_dirty()
             ram = self.guest.ram_view()
             try:
-                body = encode_checkpoint(
+                # Only the copy out of the guest happens while it is paused;
+                # hashing and framing the body come after it resumed.
+                snapshot = snapshot_checkpoint(
                     epoch,
                     ram,
                     None if full else dirty,
@@ -190,11 +192,21 @@ class PrimaryEngine:
                 digest = hashlib.sha256(ram).digest() if self.config.record_ram_digest else None
             finally:
                 ram.release()
-            self.proto.send_checkpoint(epoch, body, self.config.chunk_size)
+        except BaseException:
+            if not self.config.speculative:  # strict mode would stay paused
+                self.guest.resume()
+            raise
         finally:
             if self.config.speculative:
                 self.guest.resume()
         pause_ms = (time.perf_counter() - paused) * 1000
+        try:
+            body = snapshot.encode()
+            self.proto.send_checkpoint(epoch, body, self.config.chunk_size)
+        except BaseException:
+            if not self.config.speculative:
+                self.guest.resume()
+            raise
         try:
             sent = time.perf_counter()
             self.channel.flush()

@@ -376,3 +376,15 @@ def test_encode_timing_64mib_10_percent_dirty() -> None:
         f"decode {decoded_s * 1000:.1f} ms, {stats['runs']} runs, {len(body)} bytes"
     )
     assert stats["data_pages"] + stats["zero_pages"] == len(dirty)
+
+
+def test_a_snapshot_does_not_see_ram_change_after_it_was_taken() -> None:
+    """The engine resumes the guest between snapshot and encode."""
+    from colonet.checkpoint.pages import snapshot_checkpoint
+
+    ram = bytearray(4096 * 8)
+    ram[4096 * 2 : 4096 * 2 + 5] = b"state"
+    expected = encode_checkpoint(4, bytes(ram), [2, 5], [DeviceSection("dev", 1, b"x")])
+    snapshot = snapshot_checkpoint(4, ram, [2, 5], [DeviceSection("dev", 1, b"x")])
+    ram[4096 * 2 : 4096 * 2 + 5] = b"LATER"  # the guest runs on
+    assert snapshot.encode() == expected
