@@ -16,14 +16,8 @@ from typing import Any
 
 from colonet.consistency import Reply
 from colonet.control.client import request
-from colonet.demo import (
-    PRIMARY_SOCKET,
-    SECONDARY_SOCKET,
-    Client,
-    DemoConfig,
-    EventProcess,
-    start_pair,
-)
+from colonet.demo import PRIMARY_SOCKET, SECONDARY_SOCKET, DemoConfig, start_pair
+from colonet.demo_actors import Client, EventProcess
 from colonet.net.topology import Topology, run_prefix
 
 
