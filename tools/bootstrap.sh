@@ -10,7 +10,7 @@ apt_packages=(python3 python3-venv python3-dev gcc make pkg-config
               libnetfilter-queue-dev iptables iproute2 util-linux tcpdump
               # the QEMU guest (colonet demo --guest qemu, tests -m qemu):
               # emulator, a Debian kernel and busybox for tools/build_guest.sh
-              qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils)
+              qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils libc6-dev openssl)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
