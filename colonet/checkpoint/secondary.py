@@ -101,8 +101,8 @@ class SecondaryEngine:
     def serve(self) -> SecondaryExit:
         try:
             while True:
-                if self.failover.required:
-                    return self._stand_in(self.failover.detail)
+                if self.failover.required:  # asked for by an operator
+                    return SecondaryExit("request", self.failover.detail, self._last())
                 event = self.channel.next_event(timeout_s=0.05)
                 if event is None:
                     continue
@@ -126,10 +126,6 @@ class SecondaryEngine:
             with self._lock:
                 self.failover.require(reason_of_peer_loss(exc.reason), str(exc), time.monotonic())
             return SecondaryExit(exc.reason, str(exc), self._last())
-
-    def _stand_in(self, detail: str) -> SecondaryExit:
-        """An operator asked for failover: serving ends here."""
-        return SecondaryExit("request", detail, self._last())
 
     def _tell_primary_to_stand_down(self, detail: str) -> None:
         """Best effort: a primary that is only stalled (not dead) reads this

@@ -95,7 +95,6 @@ class QemuGuest:
         self.qmp: QEMUMonitorProtocol | None = None
         self._ram = bytearray(PAGE_SIZE)
         self._incoming: bytes | None = None
-        self.last_state_bytes = 0
 
     # -- the guest interface ---------------------------------------------
 
@@ -257,9 +256,7 @@ class QemuGuest:
                 while chunk := conn.recv(1 << 20):
                     chunks.append(chunk)
         self._wait_migration("outgoing")
-        state = b"".join(chunks)
-        self.last_state_bytes = len(state)
-        return state
+        return b"".join(chunks)
 
     def _wait_migration(self, what: str) -> None:
         deadline = time.monotonic() + self.config.start_timeout_s

@@ -295,15 +295,6 @@ class Topology:
                     index = ipr.link_lookup(ifname=dev)[0]
                     ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=index, state="permanent")
 
-    def pause_guest(self) -> None:
-        """Freeze the VM stand-in (only for the tap link)."""
-        if self.relay is not None:
-            self.relay.send_signal(19)  # SIGSTOP
-
-    def resume_guest(self) -> None:
-        if self.relay is not None:
-            self.relay.send_signal(18)  # SIGCONT
-
     def kill_guest_nic(self) -> None:
         """SIGKILL the primary guest's NIC, as a dying host takes its VMs."""
         _kill(self.relay)
