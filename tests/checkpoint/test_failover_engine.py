@@ -34,6 +34,17 @@ def _serve(engine: SecondaryEngine) -> tuple[threading.Thread, list]:
     return thread, result
 
 
+def _engines(socks, *, active: bool = True, **secondary_kw):  # type: ignore[no-untyped-def]
+    """A serving secondary (thread, result list) and a primary with its guest."""
+    secondary = SecondaryEngine(Channel(socks[1], SecondaryProtocol(), FAST), **secondary_kw)
+    thread, result = _serve(secondary)
+    guest = _guest()
+    if active:
+        guest.activate()
+    primary = PrimaryEngine(guest, Channel(socks[0], PrimaryProtocol(), FAST), CountingHooks())
+    return secondary, thread, result, guest, primary
+
+
 def _increment(guest: EmbeddedGuest, times: int) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         client.settimeout(2)
@@ -63,13 +74,7 @@ def test_a_failover_asked_for_during_an_apply_waits_and_resumes_from_it(link):  
                 assert release_apply.wait(10)
             super().apply(staged)
 
-    secondary = SecondaryEngine(
-        Channel(link[1], SecondaryProtocol(), FAST), cache_factory=SlowCache
-    )
-    thread, result = _serve(secondary)
-    guest = _guest()
-    guest.activate()
-    primary = PrimaryEngine(guest, Channel(link[0], PrimaryProtocol(), FAST), CountingHooks())
+    secondary, thread, result, guest, primary = _engines(link, cache_factory=SlowCache)
     try:
         primary.connect()
         _increment(guest, 3)
@@ -96,11 +101,7 @@ def test_a_failover_asked_for_during_an_apply_waits_and_resumes_from_it(link):  
 
 
 def test_heartbeat_loss_requires_failover_with_reason_heartbeat(link):  # noqa: F811
-    secondary = SecondaryEngine(Channel(link[1], SecondaryProtocol(), FAST))
-    thread, result = _serve(secondary)
-    guest = _guest()
-    guest.activate()
-    primary = PrimaryEngine(guest, Channel(link[0], PrimaryProtocol(), FAST), CountingHooks())
+    secondary, thread, result, guest, primary = _engines(link)
     try:
         primary.connect()
         value = _increment(guest, 5)
@@ -122,10 +123,7 @@ def test_heartbeat_loss_requires_failover_with_reason_heartbeat(link):  # noqa: 
 
 
 def test_the_primary_going_alone_tells_the_secondary_to_stand_down(link):  # noqa: F811
-    secondary = SecondaryEngine(Channel(link[1], SecondaryProtocol(), FAST))
-    thread, result = _serve(secondary)
-    guest = _guest()
-    primary = PrimaryEngine(guest, Channel(link[0], PrimaryProtocol(), FAST), CountingHooks())
+    secondary, thread, result, guest, primary = _engines(link, active=False)
     primary.connect()
     primary.request_failover()
     with pytest.raises(PeerLost, match="failover requested on the primary") as info:
