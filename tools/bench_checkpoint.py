@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from colonet.checkpoint.hooks import CountingHooks  # noqa: E402
+from colonet.buffer.hooks import CountingHooks  # noqa: E402
 from colonet.checkpoint.pages import DeviceSection, encode_checkpoint  # noqa: E402
 from colonet.checkpoint.primary import EngineConfig, PrimaryEngine  # noqa: E402
 from colonet.checkpoint.protocol import PrimaryProtocol, SecondaryProtocol  # noqa: E402

@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from colonet.checkpoint.hooks import ControlSocketHooks  # noqa: E402
+from colonet.control.client import FilterClient  # noqa: E402
 from colonet.guest.counter_store import REPLY, REQUEST  # noqa: E402
 from colonet.guest.qemu import QemuGuest, QemuGuestConfig, build_guest  # noqa: E402
 from colonet.net.netns import socket_in_netns  # noqa: E402
@@ -140,7 +140,7 @@ class ColonetCommitter:
         assert self.proc.stdout is not None
         if not self.proc.stdout.readline():
             raise RuntimeError("colonet filter run did not start")
-        self.hooks = ControlSocketHooks(self.sock)
+        self.hooks = FilterClient(self.sock)
         self.period_s = period_ms / 1000
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from colonet.demo import DemoConfig, run_once  # noqa: E402
+from colonet.demo.run import DemoConfig, run_once  # noqa: E402
 from colonet.net.privilege import require_net_admin  # noqa: E402
 
 

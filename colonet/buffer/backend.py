@@ -9,6 +9,7 @@ bookkeeping is not here; it lives in `EpochQueue`, shared by all backends.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 # deliver(packet handle, size in bytes)
@@ -42,3 +43,15 @@ class Backend(Protocol):
 
     def stop(self) -> None:
         """Remove everything `start` installed; packets still held are dropped."""
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Settings every backend understands; each applies them its own way."""
+
+    # Release an epoch in one batch (a TX ring, one batch verdict) rather
+    # than packet by packet.
+    batch_release: bool = True
+    # Keep each held packet's bytes even where the kernel holds the packet
+    # (nfqueue), so `filter dump` and --capture-released can write them.
+    retain_payloads: bool = False

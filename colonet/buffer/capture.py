@@ -12,6 +12,7 @@ from typing import BinaryIO
 
 from colonet.buffer.filter_set import FilterSet
 from colonet.buffer.pcapng import PcapngWriter, ethernet_from_ip
+from colonet.buffer.status import DumpResult
 from colonet.errors import UsageError
 
 
@@ -40,19 +41,19 @@ def open_private(path: str) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
-def dump_held(filters: FilterSet, path: str) -> dict[str, object]:
+def dump_held(filters: FilterSet, path: str) -> DumpResult:
     """Every packet held now, oldest epoch first, per netdev."""
     with open_private(path) as out:
         writer = PcapngWriter(out)
         per_netdev: dict[str, int] = {}
         for f in filters.filters:
             iface = writer.interface(f.netdev)
-            for epoch, packets in f.queue.held():
+            for epoch, packets in f.held():
                 for packet in packets:
                     comment = f"epoch={epoch} netdev={f.netdev} state=held"
                     writer.packet(iface, packet_bytes(packet), comment=comment)
                 per_netdev[f.netdev] = per_netdev.get(f.netdev, 0) + len(packets)
-    return {"path": path, "packets": writer.packets, "per_netdev": per_netdev}
+    return DumpResult(path, writer.packets, per_netdev)
 
 
 class ReleasedCapture:

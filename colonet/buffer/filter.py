@@ -7,22 +7,17 @@ the backend in order, `failover` decides the fate of everything held.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any
 
 from colonet.buffer.backend import Backend
 from colonet.buffer.epoch_queue import BufferLimits, EpochQueue
+from colonet.buffer.hooks import FailoverRole
+from colonet.buffer.status import NetdevStatus
 from colonet.errors import UsageError
 
 log = logging.getLogger(__name__)
-
-
-class FailoverRole(StrEnum):
-    PRIMARY = "primary"  # this host goes on alone: release, stop buffering
-    SECONDARY = "secondary"  # the peer took over: discard, stop buffering
 
 
 class FilterState(StrEnum):
@@ -73,26 +68,47 @@ class Filter:
                 self.dropped_after_failover += 1
             self.backend.drop([packet])
 
-    def _require_buffering(self, action: str) -> None:
+    @property
+    def open_epoch(self) -> int:
+        return self.queue.open_epoch
+
+    @property
+    def last_sealed(self) -> int:
+        return self.queue.last_sealed
+
+    def require_buffering(self, action: str) -> None:
         if self.state is not FilterState.BUFFERING:
             raise NotBufferingError(
                 f"cannot {action}: the filter on {self.netdev} is {self.state.value}, not buffering"
             )
 
-    def seal(self) -> int:
-        self._require_buffering("seal an epoch")
+    def drain(self) -> None:
+        """The epoch barrier (docs/DESIGN.md invariant 4): everything the
+        guest emitted so far is in the open epoch when this returns."""
+        self.require_buffering("drain")
         self.backend.drain()
+
+    def seal(self, *, drain: bool = True) -> int:
+        """Seal the open epoch; `drain=False` when the caller just drained
+        (a filter set drains every netdev before sealing any)."""
+        self.require_buffering("seal an epoch")
+        if drain:
+            self.backend.drain()
         return self.queue.seal()
 
+    def held(self) -> list[tuple[int, list[object]]]:
+        """(epoch, packets) of every epoch still held, oldest first."""
+        return self.queue.held()
+
     def commit(self, upto: int) -> int:
-        self._require_buffering("commit")
+        self.require_buffering("commit")
         packets = self.queue.release(upto)
         self.backend.release(packets)
         return len(packets)
 
     def failover(self, role: FailoverRole) -> int:
         """Settle everything held per `role`, then stop buffering."""
-        self._require_buffering(f"fail over as {role.value}")
+        self.require_buffering(f"fail over as {role.value}")
         self.backend.drain()
         if role is FailoverRole.PRIMARY:
             packets = self.queue.release_all()
@@ -119,16 +135,14 @@ class Filter:
             self.backend.stop()
         self.state = FilterState.STOPPED
 
-    def status(self) -> dict[str, Any]:
-        stats = dataclasses.asdict(self.queue.stats())
-        stats.update(
+    def status(self) -> NetdevStatus:
+        describe = getattr(self.backend, "describe", None)
+        return NetdevStatus(
             netdev=self.netdev,
             backend=self.backend.name,
             state=self.state.value,
+            queue=self.queue.stats(),
             passed_through_packets=self.passed_through,
             dropped_after_failover_packets=self.dropped_after_failover,
+            backend_details=describe() if describe is not None else {},
         )
-        extra = getattr(self.backend, "describe", None)
-        if extra is not None:
-            stats.update(extra())
-        return stats

@@ -15,13 +15,11 @@ environment; configured keys are always used.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import socket
 import ssl
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from colonet.checkpoint.auth import AuthError, PskSession, load_psk
 from colonet.errors import UsageError
@@ -36,17 +34,14 @@ UNPROTECTED_WARNING = (
 )
 
 
-def add_security_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("replication link security (colonet keys makes these)")
-    g.add_argument(
-        "--psk-file",
-        metavar="FILE",
-        default=os.environ.get("COLONET_PSK_FILE"),
-        help="pre-shared key: HMAC on every record (default: $COLONET_PSK_FILE)",
-    )
-    g.add_argument("--tls-cert", metavar="FILE", help="this end's certificate (PEM)")
-    g.add_argument("--tls-key", metavar="FILE", help="this end's private key (PEM)")
-    g.add_argument("--tls-ca", metavar="FILE", help="CA that signed the peer's certificate")
+@dataclass(frozen=True)
+class SecurityFiles:
+    """Where this end's keys are; COLONET_PSK_FILE stands in for `psk_file`."""
+
+    psk_file: str | None = field(default_factory=lambda: os.environ.get("COLONET_PSK_FILE"))
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,24 +65,25 @@ class LinkSecurity:
         return PskSession(role, self.psk) if self.psk is not None else None
 
 
-def security_from_args(args: argparse.Namespace, *, server_side: bool) -> LinkSecurity:
-    tls = (args.tls_cert, args.tls_key, args.tls_ca)
+def load_security(files: SecurityFiles, *, server_side: bool) -> LinkSecurity:
+    """The link protection `files` configure (mode "none" if they name no key:
+    the caller warns a person, see UNPROTECTED_WARNING)."""
+    tls = (files.tls_cert, files.tls_key, files.tls_ca)
     if any(tls) and not all(tls):
         raise UsageError("TLS needs all three of --tls-cert, --tls-key and --tls-ca")
-    if all(tls) and args.psk_file:
+    if all(tls) and files.psk_file:
         raise UsageError("choose one: --psk-file or TLS (--tls-cert/--tls-key/--tls-ca)")
     if all(tls):
         purpose = ssl.Purpose.CLIENT_AUTH if server_side else ssl.Purpose.SERVER_AUTH
-        context = ssl.create_default_context(purpose, cafile=args.tls_ca)
+        context = ssl.create_default_context(purpose, cafile=files.tls_ca)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_REQUIRED  # both ways: mutual authentication
         context.minimum_version = ssl.TLSVersion.TLSv1_3
         try:
-            context.load_cert_chain(args.tls_cert, args.tls_key)
+            context.load_cert_chain(files.tls_cert, files.tls_key)
         except (ssl.SSLError, OSError) as exc:
             raise UsageError(f"cannot load the TLS certificate or key: {exc}") from None
         return LinkSecurity("tls", context=context)
-    if args.psk_file:
-        return LinkSecurity("psk", psk=load_psk(args.psk_file))
-    print(UNPROTECTED_WARNING, file=sys.stderr, flush=True)
+    if files.psk_file:
+        return LinkSecurity("psk", psk=load_psk(files.psk_file))
     return LinkSecurity("none")

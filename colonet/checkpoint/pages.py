@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from colonet.errors import ColonetError
+from colonet.guest.base import MAX_SECTION_NAME_BYTES, DeviceSection
 
 __all__ = [
     "COMPRESSED",
@@ -66,7 +67,6 @@ _KIND_NAMES = {RUN_DATA: "DATA", RUN_ZERO: "ZERO"}
 # A longer stretch of dirty pages is split, which keeps each compressed blob
 # far below the u32 length limit (256 MiB of 4 KiB pages).
 MAX_RUN_PAGES = 65_536
-MAX_SECTION_NAME_BYTES = 64
 COMPRESS_LEVEL = 1  # checkpoint pause time matters more than ratio
 
 HEADER = struct.Struct("<4sHHQIQII")
@@ -83,45 +83,12 @@ class CheckpointFormatError(ColonetError):
     """A checkpoint body broke the format: the peer's fault, never ours.
 
     The message names what is wrong; the receiver discards the checkpoint
-    and stays on the one it has (DESIGN invariant 5).
+    and stays on the one it has (docs/DESIGN.md invariant 5).
     """
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class DeviceSection:
-    """One named, versioned piece of device state, carried whole."""
-
-    name: str
-    version: int
-    data: bytes
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"device section name must be a non-empty str, got {self.name!r}")
-        size = len(self.name.encode("utf-8"))
-        if size > MAX_SECTION_NAME_BYTES:
-            raise ValueError(
-                f"device section name {self.name!r} is {size} bytes of utf-8, "
-                f"at most {MAX_SECTION_NAME_BYTES} allowed"
-            )
-        if not _is_int(self.version) or not 0 <= self.version < _U32:
-            raise ValueError(
-                f"device section {self.name!r}: version must be an int in 0..2**32-1, "
-                f"got {self.version!r}"
-            )
-        if not isinstance(self.data, bytes):
-            if not isinstance(self.data, bytearray | memoryview):
-                raise ValueError(
-                    f"device section {self.name!r}: data must be bytes, "
-                    f"got {type(self.data).__name__}"
-                )
-            object.__setattr__(self, "data", bytes(self.data))
-        if len(self.data) >= _U32:
-            raise ValueError(f"device section {self.name!r} holds 4 GiB or more")
 
 
 class PageRun(NamedTuple):

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
-from colonet.checkpoint.hooks import FilterHooks
+from colonet.buffer.hooks import CommitResult, EpochMismatchError, FilterHooks
 from colonet.checkpoint.messages import (
     CheckpointLoaded,
     CheckpointReceived,
@@ -153,9 +153,7 @@ class PrimaryEngine:
             self._early.clear()
             # Frames already read but not yet handled (a takeover notice
             # read together with heartbeats) come before the next checkpoint.
-            while (event := self.channel.next_event(0)) is not None:
-                if not isinstance(event, HeartbeatReceived):
-                    self._unexpected(event, "between checkpoints")
+            self._take_pending("between checkpoints")
             if self._go_alone.is_set():
                 self.shutdown("the primary goes on alone: failover requested")
                 raise PeerLost("request", "failover requested on the primary")
@@ -174,9 +172,14 @@ class PrimaryEngine:
         self.guest.pause()
         paused = time.perf_counter()
         try:
-            sealed = self.hooks.begin_checkpoint()
+            # One number: the filters seal exactly this checkpoint's epoch
+            # or refuse (EpochMismatchError) and nothing is ever released.
+            sealed = self.hooks.begin_checkpoint(epoch)
             if sealed != epoch:
-                log.debug("filters sealed epoch %d for checkpoint %d", sealed, epoch)
+                raise EpochMismatchError(
+                    f"the filters sealed epoch {sealed} for checkpoint {epoch}: "
+                    "stopping before anything is released"
+                )
             dirty = self.guest.collect_dirty()
             ram = self.guest.ram_view()
             try:
@@ -202,6 +205,9 @@ class PrimaryEngine:
         pause_ms = (time.perf_counter() - paused) * 1000
         try:
             body = snapshot.encode()
+            # A takeover notice may have come in with the reply: it wins
+            # (TakenOver), and this epoch is never released.
+            self._take_pending("before sending a checkpoint")
             self.proto.send_checkpoint(epoch, body, self.config.chunk_size)
         except BaseException:
             if not self.config.speculative:
@@ -212,11 +218,12 @@ class PrimaryEngine:
             self.channel.flush()
             self._wait(CheckpointReceived)
             transfer_ms = (time.perf_counter() - sent) * 1000
+            released: CommitResult | None = None
             if self.config.release_at == "received":
-                released = self.hooks.commit(sealed)
+                released = self.hooks.commit(epoch)
             self._wait(CheckpointLoaded)
             if self.config.release_at == "loaded":
-                released = self.hooks.commit(sealed)
+                released = self.hooks.commit(epoch)
         finally:
             if not self.config.speculative:
                 self.guest.resume()
@@ -228,9 +235,7 @@ class PrimaryEngine:
             pause_ms=pause_ms,
             transfer_ms=transfer_ms,
             total_ms=(time.perf_counter() - started) * 1000,
-            released_packets=released.get("released_packets")
-            if isinstance(released, dict)
-            else None,
+            released_packets=None if released is None else released.released_packets,
             ram_digest=digest,
         )
         self.history.append(stats)
@@ -266,6 +271,12 @@ class PrimaryEngine:
             if isinstance(event, kind):
                 return event
             self._unexpected(event, f"while waiting for {kind.__name__}")
+
+    def _take_pending(self, where: str) -> None:
+        """Handle frames already read: heartbeats pass, anything else ends us."""
+        while (event := self.channel.next_event(0)) is not None:
+            if not isinstance(event, HeartbeatReceived):
+                self._unexpected(event, where)
 
     def _unexpected(self, event: Event, where: str) -> NoReturn:
         if isinstance(event, ShutdownReceived):

@@ -30,7 +30,8 @@ from colonet.errors import ControlSocketError, RemoteRequestError
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Request], dict[str, Any]]
+# Returns a result record (anything with `to_json`), or raises: both are answered.
+Handler = Callable[[Request], Any]
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 
 

@@ -17,11 +17,13 @@ import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from colonet.checkpoint.pages import DeviceSection
 from colonet.errors import UnknownNetdevError
+from colonet.guest.base import DeviceSection
 from colonet.guest.counter_store import CounterStore
 from colonet.guest.ram import PAGE_SIZE, GuestRam
+from colonet.guest.registry import GuestKind, GuestSettings
 from colonet.net.announce import announce
 from colonet.net.links import set_link_up
 from colonet.net.netns import socket_in_netns
@@ -102,6 +104,9 @@ class EmbeddedGuest:
         self.ram.load(ram)
         self.load_devices(sections)
 
+    def takeover_details(self) -> dict[str, Any]:
+        return {"guest_counter": self.counter}
+
     @property
     def counter(self) -> int:
         """The service's counter, read from guest RAM."""
@@ -174,3 +179,23 @@ class EmbeddedGuest:
                     return
                 page = self._rng.randrange(32, self.ram_pages)
                 self.ram.write(page * self.page_size, self._rng.randbytes(64))
+
+
+def _build(settings: GuestSettings) -> EmbeddedGuest:
+    return EmbeddedGuest(
+        EmbeddedGuestConfig(
+            ram_pages=settings.ram_pages or settings.ram_mib * 256,
+            service_ip=settings.service_ip,
+            service_port=settings.service_port,
+            netns=settings.netns,
+            netdevs=settings.netdevs,
+            nic=settings.nic,
+        )
+    )
+
+
+KIND = GuestKind(
+    name="embedded",
+    summary="a UDP counter service whose state lives in guest RAM (colonet's own)",
+    build=_build,
+)

@@ -25,11 +25,13 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from colonet.checkpoint.pages import DeviceSection
 from colonet.errors import ColonetError
+from colonet.guest.base import DeviceSection
+from colonet.guest.registry import GuestKind, GuestOption, GuestSettings
 from colonet.net.owner import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,13 @@ class QemuGuest:
                 self._incoming = bytes(section.data)
         if self._incoming is None:
             raise ValueError(f"the checkpoint has no {SECTION} section: not a QEMU guest's")
+
+    def restore(self, ram: memoryview, sections: Sequence[DeviceSection]) -> None:
+        # The whole VM, RAM included, is in its device section for now.
+        self.load_devices(sections)
+
+    def takeover_details(self) -> dict[str, Any]:
+        return {}
 
     def netdevs(self) -> list[str]:
         return [self.config.tap]
@@ -270,3 +279,33 @@ class QemuGuest:
             if time.monotonic() > deadline:
                 raise QemuError(f"{what} migration did not complete (status {state})")
             time.sleep(0.002)
+
+
+def _build(settings: GuestSettings) -> QemuGuest:
+    o = settings.options
+    return QemuGuest(
+        QemuGuestConfig(
+            kernel=o["qemu_kernel"] or "",
+            initrd=o["qemu_initrd"] or "",
+            tap=o["qemu_tap"] or "",
+            guest_ip=o.get("qemu_ip") or QemuGuestConfig.guest_ip,
+            mac=o.get("qemu_mac") or QemuGuestConfig.mac,
+            ram_mib=settings.ram_mib,
+        )
+    )
+
+
+KIND = GuestKind(
+    name="qemu",
+    summary="a QEMU VM over QMP (see tools/build_guest.sh)",
+    build=_build,
+    options=(
+        GuestOption("qemu-kernel", "the VM's kernel", required=True, metavar="FILE"),
+        GuestOption("qemu-initrd", "the VM's initrd", required=True, metavar="FILE"),
+        GuestOption(
+            "qemu-tap", "host tap QEMU opens for the VM's NIC", required=True, metavar="IF"
+        ),
+        GuestOption("qemu-ip", "the VM's address", "10.201.0.2/24", metavar="A.B.C.D/NN"),
+        GuestOption("qemu-mac", "the VM's MAC", "52:54:00:c0:10:01", metavar="MAC"),
+    ),
+)

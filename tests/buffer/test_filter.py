@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -9,8 +10,10 @@ import pytest
 
 from colonet.buffer.backend import Backend, Deliver
 from colonet.buffer.epoch_queue import BufferLimits, EpochError
-from colonet.buffer.filter import FailoverRole, Filter, FilterState, NotBufferingError
+from colonet.buffer.filter import Filter, FilterState, NotBufferingError
 from colonet.buffer.filter_set import FilterSet
+from colonet.buffer.hooks import CommitResult, EpochMismatchError, FailoverResult, FailoverRole
+from colonet.buffer.status import FilterSetStatus
 from colonet.errors import UsageError
 
 Call = tuple[str, str, Any]
@@ -168,7 +171,7 @@ def test_tail_drop_goes_to_backend_drop_and_is_counted() -> None:
     fake.emit("p4", 100)
     assert fake.dropped == ["p4"]
     assert fake.log[-1] == ("fake-tap0", "drop", ["p4"])
-    status = f.status()
+    status = f.status().to_json()
     assert status["held_packets"] == 3
     assert status["tail_dropped_packets"] == 1
     assert status["tail_dropped_bytes"] == 100
@@ -184,7 +187,7 @@ def test_tail_drop_by_bytes() -> None:
     fake.emit("big", 100)
     fake.emit("small", 50)
     assert fake.dropped == ["big"]
-    assert f.status()["held_bytes"] == 250
+    assert f.status().to_json()["held_bytes"] == 250
 
 
 def test_on_high_water_receives_the_netdev_name() -> None:
@@ -200,13 +203,13 @@ def test_on_high_water_receives_the_netdev_name() -> None:
     assert seen == ["vnet7"]
     fake.emit("p3")
     assert seen == ["vnet7"]  # edge-triggered
-    assert f.status()["high_water_hits"] == 1
+    assert f.status().to_json()["high_water_hits"] == 1
 
 
 def test_filter_status_fields() -> None:
     f, fake = make_filter("tap3")
     fake.emit("a", 60)
-    status = f.status()
+    status = f.status().to_json()
     assert status["netdev"] == "tap3"
     assert status["backend"] == "fake-tap3"
     assert status["state"] == "buffering"
@@ -219,7 +222,7 @@ def test_filter_status_fields() -> None:
 def test_filter_status_includes_backend_describe() -> None:
     f, fake = make_filter()
     fake.describe = lambda: {"queue": 9}  # type: ignore[attr-defined]
-    assert f.status()["queue"] == 9
+    assert f.status().to_json()["queue"] == 9
 
 
 # -- FilterSet: checkpoint --------------------------------------------------
@@ -246,7 +249,7 @@ def test_begin_checkpoint_drains_all_filters_before_sealing_any() -> None:
     assert [f.queue.last_sealed for f in fs.filters] == [1, 1]
     assert fs.open_epoch == 2
     # b1 was still in the kernel at the barrier: it belongs to epoch 1.
-    assert fs.commit(1) == (1, 2)
+    assert fs.commit(1) == CommitResult(1, 2)
     assert a.released == ["a1"]
     assert b.released == ["b1"]
 
@@ -289,10 +292,10 @@ def test_commit_releases_in_arrival_order_only_up_to_n() -> None:
     fs, fakes, _ = make_set(2)
     a, b = fakes
     fill_two_epochs(fs, fakes)
-    assert fs.commit(1) == (1, 3)
+    assert fs.commit(1) == CommitResult(1, 3)
     assert a.released == ["a1", "a2"]
     assert b.released == ["b1"]
-    assert fs.commit(2) == (2, 2)
+    assert fs.commit(2) == CommitResult(2, 2)
     assert a.released == ["a1", "a2", "a3"]
     assert b.released == ["b1", "b2"]
     assert [f.queue.held_packets for f in fs.filters] == [1, 1]
@@ -302,16 +305,16 @@ def test_commit_none_releases_all_sealed_epochs() -> None:
     fs, fakes, _ = make_set(2)
     a, b = fakes
     fill_two_epochs(fs, fakes)
-    assert fs.commit(None) == (2, 5)
+    assert fs.commit(None) == CommitResult(2, 5)
     assert a.released == ["a1", "a2", "a3"]
     assert b.released == ["b1", "b2"]
-    assert fs.status()["last_released"] == 2
+    assert fs.status().to_json()["last_released"] == 2
 
 
 def test_commit_none_with_nothing_sealed_releases_nothing() -> None:
     fs, (a, b), _ = make_set(2)
     a.emit("a1")
-    assert fs.commit() == (0, 0)
+    assert fs.commit() == CommitResult(0, 0)
     assert a.released == [] and b.released == []
 
 
@@ -321,9 +324,9 @@ def test_commit_of_already_committed_epoch_releases_nothing() -> None:
     fill_two_epochs(fs, fakes)
     fs.commit(2)
     before = (list(a.released), list(b.released))
-    assert fs.commit(2) == (2, 0)
-    assert fs.commit(1) == (1, 0)
-    assert fs.commit(None) == (2, 0)
+    assert fs.commit(2) == CommitResult(2, 0)
+    assert fs.commit(1) == CommitResult(1, 0)
+    assert fs.commit(None) == CommitResult(2, 0)
     assert (a.released, b.released) == before
 
 
@@ -348,7 +351,7 @@ def test_commit_of_unsealed_or_missing_epoch_releases_nothing_anywhere(
     assert all(fake.released == [] for fake in fakes)
     assert [f.queue.held_packets for f in fs.filters] == [4, 3]
     # The set is still usable afterwards.
-    assert fs.commit(2) == (2, 5)
+    assert fs.commit(2) == CommitResult(2, 5)
 
 
 def test_commit_before_any_seal_raises() -> None:
@@ -387,7 +390,7 @@ def test_failover_primary_releases_all_in_order_then_stops_backend() -> None:
     fill_two_epochs(fs, fakes)
     a.pending = [("a5", 10)]
     log.clear()
-    assert fs.failover("primary") == 8
+    assert fs.failover("primary") == FailoverResult(FailoverRole.PRIMARY, 8)
     assert [(n, op) for n, op, _ in log] == [
         ("fake-tap0", "drain"),
         ("fake-tap0", "release"),
@@ -400,7 +403,7 @@ def test_failover_primary_releases_all_in_order_then_stops_backend() -> None:
     assert b.released == ["b1", "b2", "b3"]
     assert a.dropped == [] and b.dropped == []
     assert all(f.state is FilterState.PASSTHROUGH for f in fs.filters)
-    assert fs.status()["netdevs"][0]["state"] == "passthrough"
+    assert fs.status().to_json()["netdevs"][0]["state"] == "passthrough"
 
 
 def test_after_primary_failover_packets_pass_through_immediately() -> None:
@@ -410,7 +413,7 @@ def test_after_primary_failover_packets_pass_through_immediately() -> None:
     a.emit("late2")
     assert a.released == ["late1", "late2"]
     assert a.log[-1] == ("fake-tap0", "release", ["late2"])
-    status = fs.filters[0].status()
+    status = fs.filters[0].status().to_json()
     assert status["passed_through_packets"] == 2
     assert status["held_packets"] == 0
     assert fs.fds() == {}
@@ -423,7 +426,7 @@ def test_failover_secondary_drops_all_held_and_keeps_steering() -> None:
     fs.commit(1)
     b.pending = [("b4", 10)]
     log.clear()
-    assert fs.failover("secondary") == 5
+    assert fs.failover("secondary") == FailoverResult(FailoverRole.SECONDARY, 5)
     assert a.dropped == ["a3", "a4"]
     assert b.dropped == ["b2", "b3", "b4"]
     assert a.released == ["a1", "a2"] and b.released == ["b1"]
@@ -442,7 +445,7 @@ def test_after_secondary_failover_packets_are_dropped() -> None:
     a.poll()
     assert a.dropped == ["held", "late1", "late2"]
     assert a.released == []
-    status = fs.filters[0].status()
+    status = fs.filters[0].status().to_json()
     assert status["state"] == "discarding"
     assert status["dropped_after_failover_packets"] == 2
     assert status["discarded_packets"] == 1
@@ -492,7 +495,7 @@ def test_stop_drops_held_and_pending_never_releases() -> None:
     assert fake.ops()[-1] == "stop"
     assert fake.stopped
     assert f.state is FilterState.STOPPED
-    assert f.status()["state"] == "stopped"
+    assert f.status().to_json()["state"] == "stopped"
 
 
 def test_stop_after_secondary_failover_stops_the_backend() -> None:
@@ -525,7 +528,7 @@ def test_stop_without_failover_does_not_count_failover_drops() -> None:
     fake.pending = [("a1", 10)]
     f.stop()
     assert fake.dropped == ["a1"]
-    assert f.status()["dropped_after_failover_packets"] == 0
+    assert f.status().to_json()["dropped_after_failover_packets"] == 0
 
 
 def test_filter_set_stop_stops_all_even_if_one_fails() -> None:
@@ -548,14 +551,17 @@ def test_filter_set_status_shape() -> None:
     fs, fakes, _ = make_set(2)
     fill_two_epochs(fs, fakes)
     fs.commit(1)
-    status = fs.status()
+    record = fs.status()
+    status = record.to_json()
     assert set(status) == {
         "open_epoch",
         "last_sealed",
         "last_released",
         "oldest_epoch_age_s",
+        "high_water_requests",
         "netdevs",
     }
+    assert FilterSetStatus.from_json(json.loads(json.dumps(status))) == record
     assert (status["open_epoch"], status["last_sealed"], status["last_released"]) == (3, 2, 1)
     netdevs = status["netdevs"]
     assert isinstance(netdevs, list)
@@ -568,6 +574,28 @@ def test_filter_set_status_shape() -> None:
         (2, True, 1),
         (3, False, 1),
     ]
+
+
+def test_begin_checkpoint_with_the_open_epoch_seals_it() -> None:
+    fs, fakes, _ = make_set(2)
+    assert fs.begin_checkpoint(1) == 1
+    assert fs.begin_checkpoint(2) == 2
+
+
+@pytest.mark.parametrize("asked", [1, 3, 7])
+def test_begin_checkpoint_of_another_epoch_seals_nothing(asked: int) -> None:
+    """Engine and filters count one epoch: a mismatch is an error before
+    any drain or seal, so nothing of it can ever be released."""
+    fs, fakes, log = make_set(2)
+    fs.begin_checkpoint(1)
+    fakes[0].emit("late", 10)
+    log.clear()
+    with pytest.raises(EpochMismatchError, match=f"asked to seal epoch {asked}.*open epoch is 2"):
+        fs.begin_checkpoint(asked)
+    assert log == []  # not even drained
+    assert (fs.open_epoch, fs.last_sealed) == (2, 1)
+    assert fs.commit(1) == CommitResult(1, 0)
+    assert fs.status().netdevs[0].queue.held_packets == 1  # "late" stays held, unsealed
 
 
 def test_filter_set_fds_maps_fileno_to_filter() -> None:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from colonet.checkpoint.hooks import CountingHooks
+from colonet.buffer.hooks import CommitResult, CountingHooks
 from colonet.checkpoint.primary import EngineConfig, PrimaryEngine
 from colonet.checkpoint.protocol import PrimaryProtocol, SecondaryProtocol
 from colonet.checkpoint.secondary import SecondaryEngine
@@ -29,12 +29,12 @@ class RecordingHooks(CountingHooks):
         self.guest = guest
         self.calls: list[tuple[str, int, bool]] = []
 
-    def begin_checkpoint(self) -> int:
-        epoch = super().begin_checkpoint()
+    def begin_checkpoint(self, epoch: int | None = None) -> int:
+        epoch = super().begin_checkpoint(epoch)
         self.calls.append(("begin", epoch, self.guest._paused))
         return epoch
 
-    def commit(self, upto: int | None = None) -> object:
+    def commit(self, upto: int | None = None) -> CommitResult:
         self.calls.append(("commit", upto or 0, self.guest._paused))
         return super().commit(upto)
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from colonet.buffer.hooks import CountingHooks
 from colonet.checkpoint.failover import FailoverState
-from colonet.checkpoint.hooks import CountingHooks
 from colonet.checkpoint.primary import PrimaryEngine, TakenOver
 from colonet.checkpoint.protocol import PrimaryProtocol, SecondaryProtocol
 from colonet.checkpoint.ram_cache import RamCache

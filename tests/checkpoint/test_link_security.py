@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from colonet.demo_actors import EventProcess
+from colonet.demo.actors import EventProcess
 from tests.netns.harness import colonet_argv
 
 

@@ -10,13 +10,22 @@ import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 
 import pytest
 
-from colonet.control.client import request
 from colonet.control.server import ControlServer
+from tests.control.raw import raw_request as request
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@dataclass(frozen=True)
+class OpEcho:
+    op: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"op": self.op}
 
 
 @pytest.fixture
@@ -26,7 +35,7 @@ def server():
     folder = tempfile.mkdtemp(prefix="cnctl")
     path = os.path.join(folder, "ctl.sock")
     selector = selectors.DefaultSelector()
-    srv = ControlServer(path, lambda req: {"op": req.op})
+    srv = ControlServer(path, lambda req: OpEcho(req.op))
     srv.open(selector)
     stop = threading.Event()
 

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from colonet.buffer.hooks import FailoverRole
 from colonet.control.protocol import (
     MAX_REQUEST_BYTES,
+    REQUEST_TYPES,
+    CheckpointRequest,
+    CommitRequest,
+    FailoverRequest,
     RemoteError,
     Request,
+    StatusRequest,
     decode_response,
     encode_error,
+    encode_request,
     encode_result,
     parse_request,
 )
@@ -38,14 +46,14 @@ def line(body: object) -> bytes:
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ({"op": "checkpoint"}, Request(op="checkpoint")),
-        ({"op": "status"}, Request(op="status")),
-        ({"op": "commit"}, Request(op="commit")),
-        ({"op": "commit", "epoch": 1}, Request(op="commit", epoch=1)),
-        ({"op": "commit", "epoch": 7}, Request(op="commit", epoch=7)),
-        ({"op": "commit", "epoch": 2**40}, Request(op="commit", epoch=2**40)),
-        ({"op": "failover", "role": "primary"}, Request(op="failover", role="primary")),
-        ({"op": "failover", "role": "secondary"}, Request(op="failover", role="secondary")),
+        ({"op": "checkpoint"}, CheckpointRequest()),
+        ({"op": "status"}, StatusRequest()),
+        ({"op": "commit"}, CommitRequest()),
+        ({"op": "commit", "epoch": 1}, CommitRequest(epoch=1)),
+        ({"op": "commit", "epoch": 7}, CommitRequest(epoch=7)),
+        ({"op": "commit", "epoch": 2**40}, CommitRequest(epoch=2**40)),
+        ({"op": "failover", "role": "primary"}, FailoverRequest(role=FailoverRole.PRIMARY)),
+        ({"op": "failover", "role": "secondary"}, FailoverRequest(role=FailoverRole.SECONDARY)),
     ],
 )
 def test_parse_request_accepts_valid_ops(body: dict[str, object], expected: Request) -> None:
@@ -53,30 +61,30 @@ def test_parse_request_accepts_valid_ops(body: dict[str, object], expected: Requ
 
 
 def test_parse_request_accepts_surrounding_whitespace_and_no_newline() -> None:
-    assert parse_request(b'  {"op": "status"}  \r\n') == Request(op="status")
-    assert parse_request(b'{"op":"checkpoint"}') == Request(op="checkpoint")
+    assert parse_request(b'  {"op": "status"}  \r\n') == StatusRequest()
+    assert parse_request(b'{"op":"checkpoint"}') == CheckpointRequest()
 
 
 def test_parse_request_accepts_a_line_of_exactly_the_limit() -> None:
     raw = b'{"op": "status"}'
     padded = raw + b" " * (MAX_REQUEST_BYTES - len(raw))
     assert len(padded) == MAX_REQUEST_BYTES
-    assert parse_request(padded) == Request(op="status")
+    assert parse_request(padded) == StatusRequest()
 
 
 @pytest.mark.parametrize(
     "request_",
     [
-        Request(op="checkpoint"),
-        Request(op="status"),
-        Request(op="commit"),
-        Request(op="commit", epoch=3),
-        Request(op="failover", role="primary"),
-        Request(op="failover", role="secondary"),
+        CheckpointRequest(),
+        StatusRequest(),
+        CommitRequest(),
+        CommitRequest(epoch=3),
+        FailoverRequest(role=FailoverRole.PRIMARY),
+        FailoverRequest(role=FailoverRole.SECONDARY),
     ],
 )
 def test_request_to_json_round_trips(request_: Request) -> None:
-    assert parse_request(line(request_.to_json())) == request_
+    assert parse_request(encode_request(request_)) == request_
 
 
 # -- malformed requests -----------------------------------------------------
@@ -187,7 +195,36 @@ def test_failover_without_a_role_is_for_an_engine_socket() -> None:
     # The engine knows its own role; a filter process refuses it (tested
     # with the filter daemon).
     assert parse_request(line({"op": "failover"})).role is None
-    assert parse_request(line({"op": "failover", "role": None})).role is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"op": "commit", "epoch": None},
+        {"op": "checkpoint", "epoch": None},
+        {"op": "failover", "role": None},
+        {"op": "dump", "path": None},
+    ],
+)
+def test_parse_request_refuses_null_fields(body: dict[str, object]) -> None:
+    # Absent means "all sealed" for commit: a null must not silently mean it.
+    with pytest.raises(RemoteRequestError, match="must not be null: leave the field out"):
+        parse_request(line(body))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"op": "commit", "epoch": 1, "epoch": 9}', b'{"op": "status", "op": "commit"}'],
+)
+def test_parse_request_refuses_duplicate_keys(raw: bytes) -> None:
+    with pytest.raises(RemoteRequestError, match="request repeats the field"):
+        parse_request(raw)
+
+
+def test_each_request_record_is_in_the_table_and_round_trips() -> None:
+    for op, (record, fields) in REQUEST_TYPES.items():
+        assert record.op == op
+        assert fields <= {f.name for f in dataclasses.fields(record)}
 
 
 def test_parse_request_rejects_a_line_over_the_limit() -> None:
@@ -248,10 +285,10 @@ def _check_parse(raw: bytes) -> None:
         result = parse_request(raw)
     except RemoteRequestError:
         return
-    assert isinstance(result, Request)
-    assert result.op in ("checkpoint", "commit", "failover", "status")
-    assert result.epoch is None or (type(result.epoch) is int and result.epoch >= 1)
-    assert result.role in ((None, "primary", "secondary") if result.op == "failover" else (None,))
+    assert isinstance(result, tuple(record for record, _ in REQUEST_TYPES.values()))
+    epoch = getattr(result, "epoch", None)
+    assert epoch is None or (type(epoch) is int and epoch >= 1)
+    assert getattr(result, "role", None) in (None, *FailoverRole)
 
 
 @settings(max_examples=300, deadline=None)
@@ -278,7 +315,11 @@ def test_parse_request_on_arbitrary_json_returns_request_or_remote_request_error
     [{}, {"epoch": 3, "released": 12}, {"netdevs": [{"netdev": "tap0", "state": "buffering"}]}],
 )
 def test_encode_result_round_trips(result: dict[str, object]) -> None:
-    encoded = encode_result(result)
+    class Record:
+        def to_json(self) -> dict[str, object]:
+            return result
+
+    encoded = encode_result(Record())
     assert encoded.endswith(b"\n")
     assert encoded.count(b"\n") == 1
     assert json.loads(encoded) == {"ok": True, "result": result}

@@ -14,11 +14,11 @@ import tempfile
 import time
 from typing import Any
 
-from colonet.consistency import Reply
-from colonet.control.client import request
-from colonet.demo import PRIMARY_SOCKET, SECONDARY_SOCKET, DemoConfig, start_pair
-from colonet.demo_actors import Client, EventProcess
+from colonet.demo.actors import Client, EventProcess
+from colonet.demo.consistency import Reply
+from colonet.demo.run import PRIMARY_SOCKET, SECONDARY_SOCKET, DemoConfig, start_pair
 from colonet.net.topology import Topology, run_prefix
+from tests.control.raw import raw_request as request
 
 
 class FailoverPair:

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from colonet.control.client import request
 from colonet.net.netns import run_in_netns, socket_in_netns
 from colonet.net.topology import Topology
+from tests.control.raw import raw_request as request
 
 SO_RCVBUFFORCE = 33
 PORT = 9000

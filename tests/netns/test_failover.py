@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from colonet.consistency import check
-from colonet.demo import DemoConfig, run_once
+from colonet.demo.consistency import check
+from colonet.demo.run import DemoConfig, run_once
 from tests.netns.failover_pair import FailoverPair
 from tests.netns.harness import colonet_argv
 
@@ -157,8 +157,8 @@ def test_manual_failover_on_the_primary_makes_the_secondary_stand_down(pair):
 
 
 def test_failover_request_with_a_role_is_refused_by_an_engine(pair):
-    from colonet.control.client import request
     from colonet.control.protocol import RemoteError
+    from tests.control.raw import raw_request as request
 
     with pytest.raises(RemoteError, match="an engine knows its own role"):
         request(pair.secondary_sock, {"op": "failover", "role": "primary"})

@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from colonet.demo import DemoConfig, run_once
+from colonet.demo.run import DemoConfig, run_once
 from colonet.guest.qemu import QemuGuest, QemuGuestConfig, build_guest
 from colonet.net.netns import socket_in_netns
 from colonet.net.topology import Topology, run_prefix

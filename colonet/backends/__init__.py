@@ -1,0 +1,1 @@
+"""Kernel backends of the buffer filters, chosen by name (see registry)."""

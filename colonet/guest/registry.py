@@ -1,0 +1,100 @@
+"""Guest kinds by name.
+
+Each kind is one module exposing `KIND: GuestKind`; `BUILTIN` names it, one
+line per kind. A kind declares its own options (the CLI turns them into
+`--flags`, so the kind imports no argument parser) and builds a guest from
+`GuestSettings`: the settings every guest shares plus its own options.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from colonet.errors import UsageError
+from colonet.guest.base import Guest
+
+# name -> module exposing KIND. Adding a guest kind: one module, one line here.
+BUILTIN: dict[str, str] = {
+    "embedded": "colonet.guest.embedded",
+    "qemu": "colonet.guest.qemu",
+}
+DEFAULT = "embedded"
+
+
+@dataclass(frozen=True)
+class GuestOption:
+    """One setting of a kind, given on the command line as `--name VALUE`."""
+
+    name: str  # e.g. "qemu-kernel"
+    help: str
+    default: str | None = None
+    required: bool = False
+    metavar: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.name.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class GuestSettings:
+    """What every guest kind is built from."""
+
+    ram_mib: int = 16
+    ram_pages: int | None = None  # the secondary's, from the primary's HELLO
+    service_ip: str = "0.0.0.0"
+    service_port: int = 7070
+    netns: str | None = None  # where the guest's service / NIC lives
+    nic: str | None = None  # the guest's own NIC: up and announced when it runs
+    netdevs: tuple[str, ...] = ()  # host netdevs carrying its traffic
+    options: Mapping[str, str | None] = field(default_factory=dict)  # the kind's own, by key
+
+
+@dataclass(frozen=True)
+class GuestKind:
+    name: str
+    summary: str
+    build: Callable[[GuestSettings], Guest]
+    options: tuple[GuestOption, ...] = ()
+
+
+_registered: dict[str, GuestKind] = {}
+
+
+def register(kind: GuestKind) -> None:
+    _registered[kind.name] = kind
+
+
+def unregister(name: str) -> None:
+    _registered.pop(name, None)
+
+
+def names() -> tuple[str, ...]:
+    return tuple(BUILTIN) + tuple(n for n in _registered if n not in BUILTIN)
+
+
+def get(name: str) -> GuestKind:
+    if name in _registered:
+        return _registered[name]
+    module = BUILTIN.get(name)
+    if module is None:
+        raise UsageError(f"unknown guest kind {name!r} (choose from {', '.join(names())})")
+    kind: GuestKind = importlib.import_module(module).KIND
+    _registered[name] = kind
+    return kind
+
+
+def make_guest(name: str, settings: GuestSettings) -> Guest:
+    """The guest of kind `name`; a missing or bad option is a UsageError."""
+    kind = get(name)
+    missing = [
+        f"--{o.name}" for o in kind.options if o.required and not settings.options.get(o.key)
+    ]
+    if missing:
+        raise UsageError(f"--guest {name} needs {', '.join(missing)}")
+    try:
+        return kind.build(settings)
+    except ValueError as exc:
+        raise UsageError(f"guest {name}: {exc}") from None

@@ -1,0 +1,1 @@
+"""Running nodes: primary, secondary and filter processes, built from config objects."""

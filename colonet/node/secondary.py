@@ -1,0 +1,223 @@
+"""The secondary node: keep the primary's checkpoints; take over when it is lost.
+
+Takeover (docs/DESIGN.md, "Failover"): once failover is required (heartbeat
+loss, a broken connection, or `colonet failover --socket`), the guest is
+built from the last applied checkpoint (`Guest.restore`), its NIC in its
+own namespace (same MAC and addresses as on the primary) is brought up,
+and its addresses are announced so the network finds it. The guest then
+runs until `stop()` (SIGTERM from the CLI).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from colonet.checkpoint.auth import AuthError
+from colonet.checkpoint.link_security import UNPROTECTED_WARNING, LinkSecurity, load_security
+from colonet.checkpoint.protocol import SecondaryProtocol
+from colonet.checkpoint.ram_cache import RamCache
+from colonet.checkpoint.secondary import NothingToTakeOver, SecondaryEngine
+from colonet.checkpoint.transport import Channel
+from colonet.control.protocol import EngineStatus, FailoverAccepted, Request
+from colonet.errors import ColonetError
+from colonet.guest.base import Guest
+from colonet.guest.registry import make_guest
+from colonet.node.config import SecondaryConfig
+from colonet.node.engine_control import EngineControl
+from colonet.node.events import EventSink
+from colonet.node.metrics import serve_metrics
+
+log = logging.getLogger("colonet.secondary")
+
+# Fault injection for tests: every apply announces itself ("applying") and
+# takes this long, so a test can kill the secondary inside one.
+FAULT_APPLY_DELAY_ENV = "COLONET_FAULT_APPLY_DELAY_MS"
+
+
+class SecondaryNode:
+    def __init__(self, config: SecondaryConfig, events: EventSink | None = None) -> None:
+        self.config = config
+        self.events = events or EventSink(config.node.json_events)
+        self.engine: SecondaryEngine | None = None
+        self.guest: Guest | None = None
+        self.failover_event: dict[str, Any] | None = None
+        self.conn: socket.socket | None = None
+        self.address: tuple[str, int] | None = None  # where it listens, once it does
+        self.listening = threading.Event()
+        self.stopped = threading.Event()
+
+    # -- control socket -----------------------------------------------------
+
+    def status(self, _: Request | None = None) -> EngineStatus:
+        if self.engine is None:
+            return EngineStatus(role="secondary", failover={"state": "none"})
+        s = self.engine.status()
+        return EngineStatus(
+            role="secondary",
+            last_applied=s["last_applied"],  # type: ignore[arg-type]
+            applying=bool(s["applying"]),
+            failover=self.failover_event or s["failover"],  # type: ignore[arg-type]
+        )
+
+    def request_failover(self, _: Request | None = None) -> FailoverAccepted:
+        if self.engine is None:
+            raise ColonetError("no primary has connected yet: there is nothing to take over")
+        r = self.engine.request_failover("requested on the control socket")
+        return FailoverAccepted(
+            accepted=bool(r["accepted"]),
+            mode="secondary",
+            state=str(r["state"]),
+            waiting_for_apply=bool(r["waiting_for_apply"]),
+        )
+
+    def stop(self) -> None:
+        """From any thread or a signal handler: a running guest stops."""
+        self.stopped.set()
+
+    # -- run ------------------------------------------------------------------
+
+    def run(self) -> int:
+        node = self.config.node
+        control = (
+            EngineControl(
+                node.control_socket, {"status": self.status, "failover": self.request_failover}
+            )
+            if node.control_socket
+            else None
+        )
+        try:
+            return self._serve_then_take_over()
+        finally:
+            if control is not None:
+                control.close()
+            if self.guest is not None:
+                self.guest.shutdown()
+            if self.conn is not None:
+                self.conn.close()
+
+    def activate(self, cache: RamCache) -> None:
+        """Build the guest from the applied checkpoint and start it."""
+        node = self.config.node
+        settings = dataclasses.replace(node.guest, ram_pages=cache.ram_pages)
+        guest = make_guest(node.guest_kind, settings)
+        view = cache.view()
+        try:
+            guest.restore(view, list(cache.sections.values()))
+        finally:
+            view.release()
+        guest.activate()
+        self.guest = guest
+
+    def _serve_then_take_over(self) -> int:
+        node = self.config.node
+        security = load_security(node.security, server_side=True)  # bad keys: fail first
+        if security.mode == "none":
+            self.events.warn(UNPROTECTED_WARNING)
+        with socket.create_server(self.config.listen) as listener:
+            host, port = listener.getsockname()[:2]
+            self.address = (host, port)
+            self.events.emit(
+                {"event": "listening", "address": [host, port]},
+                f"secondary: listening on {host}:{port}",
+            )
+            self.listening.set()
+            conn, channel = self._accept_authenticated(listener, security)
+        engine = self.engine = SecondaryEngine(
+            channel, cache_factory=self._cache_factory(), on_applied=self._applied
+        )
+        if node.metrics_address is not None:
+            _, metrics = serve_metrics(node.metrics_address)
+            self.events.metrics = metrics
+        result = engine.serve()
+        # The connection stays open while the guest runs here: a primary that
+        # was only stalled reads the takeover notice, not a reset, and stands down.
+        self.conn = conn
+        self.events.emit(
+            {"event": "exit", **dataclasses.asdict(result)},
+            f"secondary: {result.reason} ({result.detail}); last applied checkpoint "
+            f"{result.last_applied}",
+        )
+        if not result.needs_takeover or not self.config.takeover:
+            return 0
+        return self._take_over(engine)
+
+    def _take_over(self, engine: SecondaryEngine) -> int:
+        try:
+            event = engine.take_over(self.activate)
+        except NothingToTakeOver as exc:
+            self.events.emit(
+                {"event": "failover", "mode": "secondary", "state": "failed", "detail": str(exc)},
+                f"secondary: failover failed: {exc}",
+            )
+            return exc.exit_code
+        assert self.guest is not None
+        details = self.guest.takeover_details()
+        self.failover_event = event.to_json() | details
+        counter = f"; counter {details['guest_counter']}" if "guest_counter" in details else ""
+        self.events.emit(
+            self.failover_event,
+            f"secondary: took the guest over from checkpoint {event.last_committed} "
+            f"({event.reason}: {event.detail}) in {event.failover_ms:.1f} ms{counter}",
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            self.stopped.wait()
+        return 0
+
+    def _applied(self, epoch: int, cache: RamCache) -> None:
+        if self.events.metrics is not None:
+            self.events.metrics.applied.inc()
+        digest = {"ram_sha256": cache.digest().hex()} if self.config.node.ram_digests else {}
+        self.events.emit(
+            {"event": "applied", "epoch": epoch} | digest, f"secondary: checkpoint {epoch} applied"
+        )
+
+    def _cache_factory(self) -> Callable[[int, int], RamCache]:
+        delay_ms = int(os.environ.get(FAULT_APPLY_DELAY_ENV, "0"))
+        if delay_ms <= 0:
+            return RamCache
+        events = self.events
+
+        class SlowApplyCache(RamCache):
+            def apply(self, staged):  # type: ignore[no-untyped-def]
+                events.emit(
+                    {"event": "applying", "epoch": staged.epoch},
+                    f"secondary: applying {staged.epoch}",
+                )
+                time.sleep(delay_ms / 1000)
+                super().apply(staged)
+
+        return SlowApplyCache
+
+    def _accept_authenticated(
+        self, listener: socket.socket, security: LinkSecurity
+    ) -> tuple[socket.socket, Channel]:
+        """The first peer that proves it holds the key; others are refused and
+        reported, before anything they send reaches the protocol."""
+        while True:
+            conn, peer = listener.accept()
+            try:
+                conn = security.wrap(conn, server_side=True)
+                channel = Channel(
+                    conn,
+                    SecondaryProtocol(),
+                    self.config.node.channel_config(),
+                    auth=security.session("secondary"),
+                )
+                channel.handshake()
+            except AuthError as exc:
+                conn.close()
+                self.events.emit(
+                    {"event": "refused", "peer": list(peer[:2]), "reason": str(exc)},
+                    f"secondary: refused {peer[0]}:{peer[1]}: {exc}",
+                )
+                log.warning("refused replication peer %s: %s", peer[0], exc)
+                continue
+            return conn, channel

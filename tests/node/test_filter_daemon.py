@@ -1,0 +1,123 @@
+"""The filter process's loop and control socket, in process, on backend
+doubles; and the `colonet filter ...` commands against it. No root."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+from scapy.all import Ether, rdpcap
+
+from colonet.buffer.epoch_queue import BufferLimits
+from colonet.buffer.filter import Filter
+from colonet.buffer.filter_set import FilterSet
+from colonet.buffer.hooks import CommitResult, EpochMismatchError, FailoverResult, FailoverRole
+from colonet.cli.main import main
+from colonet.control.client import FilterClient
+from colonet.control.protocol import RemoteError
+from colonet.node.filter_daemon import FilterDaemon
+from tests.buffer.test_filter import FakeBackend
+
+FRAME = bytes(Ether(dst="02:00:00:00:00:02", src="02:00:00:00:00:01") / (b"x" * 50))
+
+
+@pytest.fixture
+def daemon(tmp_path) -> Iterator[tuple[FilterDaemon, list[FakeBackend], str]]:  # type: ignore[no-untyped-def]
+    pipes = [os.pipe() for _ in range(2)]  # real fds for the selector
+    fakes = [FakeBackend(f"fake{i}", fd=r) for i, (r, _) in enumerate(pipes)]
+    filters = [Filter(f"tap{i}", fake, BufferLimits()) for i, fake in enumerate(fakes)]
+    for f in filters:
+        f.start()
+    path = str(tmp_path / "ctl.sock")
+    d = FilterDaemon(FilterSet(filters), path)
+    d.open()
+    thread = threading.Thread(target=lambda: d.run(handle_signals=False), daemon=True)
+    thread.start()
+    try:
+        yield d, fakes, path
+    finally:
+        d.stop_soon()
+        thread.join(5)
+        d.close()
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+
+
+def test_the_hooks_over_the_socket_are_typed(daemon) -> None:
+    d, fakes, path = daemon
+    client = FilterClient(path)
+    fakes[0].emit(FRAME, len(FRAME))
+    fakes[1].emit(FRAME, len(FRAME))
+    assert client.begin_checkpoint(1) == 1
+    fakes[0].emit(FRAME, len(FRAME))  # epoch 2
+    assert client.commit(1) == CommitResult(1, 2)
+    status = client.status()
+    assert (status.open_epoch, status.last_sealed, status.last_released) == (2, 1, 1)
+    assert [n.queue.held_packets for n in status.netdevs] == [1, 0]
+    assert client.failover(FailoverRole.PRIMARY) == FailoverResult(FailoverRole.PRIMARY, 1)
+
+
+def test_a_checkpoint_of_another_epoch_is_refused_over_the_socket(daemon) -> None:
+    _, fakes, path = daemon
+    client = FilterClient(path)
+    fakes[0].emit(FRAME, len(FRAME))
+    with pytest.raises(RemoteError, match="asked to seal epoch 5") as info:
+        client.begin_checkpoint(5)
+    assert info.value.kind == EpochMismatchError.__name__
+    assert client.status().last_sealed == 0  # nothing sealed, nothing releasable
+    with pytest.raises(RemoteError, match="no epoch is sealed yet"):
+        client.commit(1)
+
+
+def test_a_filter_failover_needs_a_role(daemon) -> None:
+    from tests.control.raw import raw_request
+
+    with pytest.raises(RemoteError, match="needs role primary or secondary"):
+        raw_request(daemon[2], {"op": "failover"})
+
+
+def test_dump_writes_the_held_frames(daemon, tmp_path) -> None:
+    _, fakes, path = daemon
+    fakes[0].emit(FRAME, len(FRAME))
+    out = str(tmp_path / "held.pcapng")
+    result = FilterClient(path).dump(out)
+    assert (result.packets, dict(result.per_netdev)) == (1, {"tap0": 1})
+    assert [bytes(p) for p in rdpcap(out)] == [FRAME]
+
+
+# -- the commands a person types ---------------------------------------------
+
+
+def test_filter_commands_print_for_people_and_for_scripts(daemon, capsys) -> None:
+    _, fakes, path = daemon
+    fakes[1].emit(FRAME, len(FRAME))
+    assert main(["filter", "checkpoint", "--socket", path]) == 0
+    assert capsys.readouterr().out == "1\n"
+    assert main(["filter", "status", "--socket", path]) == 0
+    out = capsys.readouterr().out
+    assert "open epoch 2, last sealed 1, last released 0" in out
+    assert "epoch 1      sealed          1 pkts" in out
+    assert main(["filter", "commit", "--socket", path, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "ok": True,
+        "result": {"epoch": 1, "released_packets": 1},
+    }
+    assert main(["filter", "failover", "--socket", path, "--role", "secondary"]) == 0
+    assert "0 held packet(s) discarded" in capsys.readouterr().out
+
+
+def test_a_refused_command_exits_with_the_servers_code(daemon, capsys) -> None:
+    _, _, path = daemon
+    assert main(["filter", "commit", "--socket", path, "9", "--json"]) == 2
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["exit_code"] == 2 and "epoch 9 does not exist" in error["message"]
+
+
+def test_a_command_without_a_server_names_the_socket(tmp_path, capsys) -> None:
+    path = str(tmp_path / "none.sock")
+    assert main(["filter", "status", "--socket", path]) == 4
+    assert f"no control socket at {path}" in capsys.readouterr().err

@@ -1,0 +1,185 @@
+"""The primary and secondary nodes in one process, over loopback, with the
+embedded guest and no netdevs: orchestration without root or namespaces."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from colonet.checkpoint.keys import make_psk
+from colonet.checkpoint.link_security import SecurityFiles
+from colonet.control.client import EngineClient
+from colonet.errors import UsageError
+from colonet.guest.registry import GuestSettings
+from colonet.node.config import NodeConfig, PrimaryConfig, SecondaryConfig
+from colonet.node.events import EventSink
+from colonet.node.primary import PrimaryNode
+from colonet.node.secondary import SecondaryNode
+
+
+@dataclass
+class Running:
+    node: PrimaryNode | SecondaryNode
+    thread: threading.Thread
+    result: list[int | BaseException] = field(default_factory=list)
+
+    def join(self, timeout_s: float = 15) -> int | BaseException:
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), f"{type(self.node).__name__} did not stop"
+        return self.result[0]
+
+
+def _start(node: PrimaryNode | SecondaryNode) -> Running:
+    running = Running(node, threading.Thread(target=lambda: None, daemon=True))
+
+    def run() -> None:
+        try:
+            running.result.append(node.run())
+        except BaseException as exc:  # reported by join()
+            running.result.append(exc)
+
+    running.thread = threading.Thread(target=run, daemon=True)
+    running.thread.start()
+    return running
+
+
+def _wait(predicate, timeout_s: float = 10) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _events(sink: EventSink, kind: str) -> list[dict]:
+    return [e for e in sink.history if e.get("event") == kind]
+
+
+@pytest.fixture
+def pair(tmp_path) -> Iterator[tuple[Running, Running, str, str]]:  # type: ignore[no-untyped-def]
+    psk = make_psk(str(tmp_path / "keys"))
+    guest = GuestSettings(ram_mib=1, service_ip="127.0.0.1", service_port=0)
+    sockets = str(tmp_path / "p.sock"), str(tmp_path / "s.sock")
+
+    def node(control: str) -> NodeConfig:
+        return NodeConfig(
+            guest=guest,
+            heartbeat_timeout_ms=300,
+            control_socket=control,
+            ram_digests=True,
+            security=SecurityFiles(psk_file=psk),
+        )
+
+    devnull = open(os.devnull, "w")  # noqa: SIM115 (closed below)
+    secondary = SecondaryNode(
+        SecondaryConfig(node(sockets[1]), listen=("127.0.0.1", 0)), EventSink(True, devnull)
+    )
+    s = _start(secondary)
+    assert secondary.listening.wait(5)
+    assert secondary.address is not None
+    primary = PrimaryNode(
+        PrimaryConfig(node(sockets[0]), peer=secondary.address, checkpoint_delay_ms=20),
+        EventSink(True, devnull),
+    )
+    p = _start(primary)
+    try:
+        yield p, s, *sockets
+    finally:
+        primary.stop()
+        secondary.stop()
+        for running in (p, s):
+            running.thread.join(10)
+        devnull.close()
+
+
+def test_checkpoints_flow_and_the_secondary_holds_the_primarys_ram(pair) -> None:
+    p, s, p_sock, s_sock = pair
+    _wait(lambda: len(_events(s.node.events, "applied")) >= 5)
+    checkpoints = {e["epoch"]: e["ram_sha256"] for e in _events(p.node.events, "checkpoint")}
+    applied = {e["epoch"]: e["ram_sha256"] for e in _events(s.node.events, "applied")}
+    # The secondary reports an apply before the primary hears it was loaded.
+    both = sorted(set(checkpoints) & set(applied))
+    assert len(both) >= 4
+    assert all(checkpoints[n] == applied[n] for n in both)
+    status = EngineClient(p_sock).status()
+    assert status.role == "primary" and status.checkpoints >= 5
+    assert status.last_checkpoint is not None and status.filters is None
+    assert EngineClient(s_sock).status().last_applied >= 5
+    p.node.stop()  # an orderly stop: the secondary hears GUEST_SHUTDOWN
+    assert p.join() == 0
+    assert s.join() == 0
+    assert _events(s.node.events, "exit")[0]["reason"] == "shutdown"
+    assert _events(s.node.events, "failover") == []
+
+
+def test_a_manual_failover_on_the_secondary_fences_the_primary(pair) -> None:
+    p, s, p_sock, s_sock = pair
+    _wait(lambda: len(_events(s.node.events, "applied")) >= 3)
+    accepted = EngineClient(s_sock).request_failover()
+    assert (accepted.accepted, accepted.mode) == (True, "secondary")
+    _wait(lambda: _events(s.node.events, "failover"))
+    taken = _events(s.node.events, "failover")[0]
+    assert (taken["mode"], taken["reason"], taken["state"]) == ("secondary", "request", "completed")
+    assert "guest_counter" in taken  # the embedded guest's takeover details
+    assert s.node.guest is not None
+    assert p.join() == 0  # it read the takeover notice and stood down
+    fenced = _events(p.node.events, "failover")[0]
+    assert fenced["mode"] == "fenced"
+    assert EngineClient(s_sock).status().failover["state"] == "completed"
+
+
+def test_a_manual_failover_on_the_primary_goes_on_alone(pair) -> None:
+    p, s, p_sock, s_sock = pair
+    _wait(lambda: len(_events(p.node.events, "checkpoint")) >= 3)
+    accepted = EngineClient(p_sock).request_failover()
+    assert (accepted.accepted, accepted.mode) == (True, "primary")
+    _wait(lambda: _events(p.node.events, "failover"))
+    alone = _events(p.node.events, "failover")[0]
+    assert (alone["mode"], alone["reason"]) == ("primary", "request")
+    assert s.join() == 0  # told to stand down: no takeover
+    assert _events(s.node.events, "failover") == []
+    assert EngineClient(p_sock).status().failover["mode"] == "primary"
+
+
+@pytest.mark.parametrize(
+    ("kw", "fault"),
+    [
+        ({"heartbeat_timeout_ms": 0}, "--heartbeat-timeout-ms 0 must be between"),
+        ({"heartbeat_timeout_ms": 40_000}, "--heartbeat-timeout-ms 40000 must be between"),
+        ({"guest": GuestSettings(ram_mib=0)}, "--ram-mib 0 must be positive"),
+    ],
+)
+def test_node_config_names_the_bad_option(kw, fault) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UsageError, match=fault):
+        NodeConfig(**kw)
+
+
+@pytest.mark.parametrize(
+    ("kw", "fault"),
+    [
+        ({"checkpoint_delay_ms": -1}, "--checkpoint-delay-ms -1 must be positive"),
+        ({"release_at": "sent"}, "--release-at must be received or loaded"),
+        ({"duration_s": 0}, "--duration 0 must be positive"),
+    ],
+)
+def test_primary_config_names_the_bad_option(kw, fault) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UsageError, match=fault):
+        PrimaryConfig(NodeConfig(), peer=("127.0.0.1", 1), **kw)
+
+
+def test_a_primary_without_a_secondary_says_where_it_looked(tmp_path) -> None:
+    from colonet.checkpoint.transport import PeerLost
+
+    node = PrimaryNode(
+        PrimaryConfig(
+            NodeConfig(guest=GuestSettings(ram_mib=1, service_ip="127.0.0.1", service_port=0)),
+            peer=("127.0.0.1", 1),
+        ),
+        EventSink(True, open(os.devnull, "w")),  # noqa: SIM115
+    )
+    with pytest.raises(PeerLost, match="cannot reach the secondary at 127.0.0.1:1"):
+        node.run()
