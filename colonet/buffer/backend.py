@@ -31,7 +31,7 @@ class Backend(Protocol):
     def drain(self) -> None:
         """Deliver every packet the kernel already holds for this netdev.
 
-        This is the epoch barrier (DESIGN invariant 4): after it returns,
+        This is the epoch barrier (docs/DESIGN.md invariant 4): after it returns,
         nothing emitted before the call is still on its way to `deliver`.
         """
 

@@ -1,7 +1,7 @@
 """Per-netdev bookkeeping of held guest output, grouped by epoch.
 
 This is the pure core behind every filter backend: it decides which packets
-may leave (output commit, DESIGN invariant 1), keeps them exactly once and in
+may leave (output commit, docs/DESIGN.md invariant 1), keeps them exactly once and in
 order (invariant 2) and bounds what is held (invariant 6). It does no I/O and
 no logging, so backends share it and every rule is a plain unit test.
 """
@@ -44,7 +44,7 @@ def _is_int(value: object) -> bool:
 
 @dataclass(frozen=True)
 class BufferLimits:
-    """Hard and soft bounds on what one filter may hold (DESIGN invariant 6).
+    """Hard and soft bounds on what one filter may hold (docs/DESIGN.md invariant 6).
 
     The hard limits make a full buffer behave like a full NIC ring (tail drop,
     clients retransmit) instead of growing without bound. The high-water mark
@@ -278,7 +278,7 @@ class EpochQueue(Generic[P]):
         """Hand back everything held, open epoch included, in arrival order.
 
         For when the secondary is lost and the primary goes on unprotected
-        (DESIGN invariant 3): nothing is left to wait for. Every sealed epoch
+        (docs/DESIGN.md invariant 3): nothing is left to wait for. Every sealed epoch
         counts as released; the open epoch stays open, now empty.
         """
         out, packets, nbytes = self._take_all()
@@ -291,7 +291,7 @@ class EpochQueue(Generic[P]):
         """Forget everything held and return it so the caller can drop it.
 
         For failover to the secondary: the primary's uncommitted output must
-        never leave (DESIGN invariant 3). The packets are returned so a
+        never leave (docs/DESIGN.md invariant 3). The packets are returned so a
         backend can tell the kernel to drop them rather than leak them.
         """
         out, packets, nbytes = self._take_all()

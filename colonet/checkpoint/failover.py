@@ -3,8 +3,8 @@
 A trigger (heartbeat loss, a broken connection, an operator's request)
 makes failover REQUIRED; the first trigger wins and later ones are only
 kept (`ignored`). It becomes ACTIVE only when no checkpoint is being
-applied, so a takeover always starts from a whole checkpoint (DESIGN
-invariant 5), and COMPLETED once the guest runs on (secondary) or the
+applied, so a takeover always starts from a whole checkpoint
+(docs/DESIGN.md invariant 5), and COMPLETED once the guest runs on (secondary) or the
 filters are settled (primary). The record of a finished failover is the
 `FailoverEvent` every exit reports.
 """

@@ -1,6 +1,6 @@
 """The checkpoint body: guest RAM pages and device state, as bytes.
 
-One body carries checkpoint N (DESIGN "Checkpoint protocol"). The first
+One body carries checkpoint N (docs/DESIGN.md, "Checkpoint protocol"). The first
 checkpoint is FULL: its runs cover every page of RAM. Later ones carry only
 the pages dirtied in the epoch. Zero pages travel as a ZERO run, never as
 page-size zero bytes. Pure: bytes in, bytes out, no I/O, no logging.

@@ -1,6 +1,6 @@
 """The primary's checkpoint engine: owns the guest, the clock and the socket.
 
-One checkpoint (DESIGN "Checkpoint protocol"):
+One checkpoint (docs/DESIGN.md, "Checkpoint protocol"):
 
     CHECKPOINT_REQUEST -> wait CHECKPOINT_REPLY
     pause the guest; seal epoch N on every filter (begin_checkpoint)
@@ -97,7 +97,7 @@ class PrimaryEngine:
         self.config = config or EngineConfig()
         self.on_checkpoint = on_checkpoint
         # Asked between checkpoints: True when a filter reached its
-        # high-water mark since the last call (DESIGN invariant 6).
+        # high-water mark since the last call (docs/DESIGN.md invariant 6).
         self.high_water = high_water
         self.early_checkpoints = 0
         self.history: list[CheckpointStats] = []

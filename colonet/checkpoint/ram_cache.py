@@ -3,7 +3,7 @@
 An incoming checkpoint is first staged: decoded and verified in full, with
 RAM untouched. Only a staged checkpoint can be applied, and applying it
 cannot fail half-way (every bound was checked at staging), so the cache is
-always exactly checkpoint N or N+1, never a mix (DESIGN invariant 5).
+always exactly checkpoint N or N+1, never a mix (docs/DESIGN.md invariant 5).
 Pure: RAM is an anonymous mapping (memory, not I/O); no sockets, no files.
 """
 

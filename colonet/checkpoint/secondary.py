@@ -4,7 +4,7 @@ A checkpoint is acknowledged (VMSTATE_RECEIVED, which lets the primary
 release the epoch) only after it is complete and verified in the staging
 area; it is applied to the RAM cache whole, then VMSTATE_LOADED follows.
 A connection that breaks mid-transfer leaves the cache on the last applied
-checkpoint (DESIGN invariant 5).
+checkpoint (docs/DESIGN.md invariant 5).
 
 Failover: heartbeat loss or a broken connection ends `serve()` with failover
 REQUIRED; so does `request_failover()` from any thread, which the serve

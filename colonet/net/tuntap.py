@@ -16,7 +16,7 @@ def open_tap(name: str) -> int:
 
     No IFF_VNET_HDR: without it the kernel segments and checksums every
     frame before handing it over, so no GSO super-frame or partial checksum
-    ever reaches a relay (the pitfall in DESIGN.md).
+    ever reaches a relay (the pitfall in docs/DESIGN.md).
     """
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     try:

@@ -1,4 +1,4 @@
-"""Tests for the pure epoch bookkeeping (DESIGN invariants 1, 2 and 6)."""
+"""Tests for the pure epoch bookkeeping (docs/DESIGN.md invariants 1, 2 and 6)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from colonet.buffer.hooks import CommitResult, CountingHooks
+from colonet.buffer.hooks import CommitResult, CountingHooks, EpochMismatchError
 from colonet.checkpoint.primary import EngineConfig, PrimaryEngine
 from colonet.checkpoint.protocol import PrimaryProtocol, SecondaryProtocol
 from colonet.checkpoint.secondary import SecondaryEngine
@@ -190,3 +190,36 @@ def test_large_body_is_sent_despite_short_receive_timeouts(link):
     thread.join(timeout=30)
     assert applied == {1: engine.history[0].ram_digest}
     guest.shutdown()
+
+
+class MiscountingHooks(RecordingHooks):
+    """Filters that got one epoch ahead of the engine (e.g. a stray
+    `colonet filter checkpoint` from an operator)."""
+
+    def begin_checkpoint(self, epoch: int | None = None) -> int:
+        if epoch == 3:
+            self.sealed += 1  # the stray seal
+        return super().begin_checkpoint(epoch)
+
+
+def test_an_epoch_mismatch_stops_the_engine_before_anything_is_released(link):
+    guest = EmbeddedGuest(EmbeddedGuestConfig(ram_pages=256, service_ip="127.0.0.1"))
+    guest.activate()
+    applied: dict[int, bytes] = {}
+    _, thread, _ = _secondary(link[1], applied)
+    hooks = MiscountingHooks(guest)
+    engine = PrimaryEngine(
+        guest, Channel(link[0], PrimaryProtocol()), hooks, EngineConfig(checkpoint_delay_ms=10)
+    )
+    try:
+        engine.connect()
+        engine.run(max_checkpoints=1)  # checkpoint 2: filters agree
+        with pytest.raises(EpochMismatchError, match="asked to seal epoch 3.*open epoch is 4"):
+            engine.run(max_checkpoints=1)
+    finally:
+        guest.shutdown()
+        link[0].close()
+        thread.join(timeout=10)
+    commits = [epoch for name, epoch, _ in hooks.calls if name == "commit"]
+    assert commits == [1, 2]  # nothing of epoch 3 (or the stray 3) was released
+    assert not guest._paused  # the guest was not left paused

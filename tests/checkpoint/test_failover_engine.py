@@ -64,7 +64,7 @@ def _restore(cache: RamCache) -> EmbeddedGuest:
 
 
 def test_a_failover_asked_for_during_an_apply_waits_and_resumes_from_it(link):  # noqa: F811
-    """DESIGN invariant 5: never from a half-applied checkpoint."""
+    """docs/DESIGN.md invariant 5: never from a half-applied checkpoint."""
     applying, release_apply = threading.Event(), threading.Event()
 
     class SlowCache(RamCache):

@@ -142,7 +142,7 @@ def test_hard_limit_tail_drops_and_counts(topology, start_filter):
 def test_seal_drains_what_the_kernel_already_queued(veth_topology, start_filter):
     """Epoch barrier: packets the guest emitted before the checkpoint, still
     queued in the kernel and not yet read by colonet, land in the sealed
-    epoch, not the next one (DESIGN invariant 4)."""
+    epoch, not the next one (docs/DESIGN.md invariant 4)."""
     filt = start_filter(veth_topology)
     rx = client_receiver(veth_topology, socket.AF_INET)
     tx = guest_sender(veth_topology, socket.AF_INET)

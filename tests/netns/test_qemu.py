@@ -59,7 +59,7 @@ def test_qemu_guest_needs_its_kernel_initrd_and_tap():
 
 
 def test_bulk_tcp_from_a_real_vm_passes_the_filter_intact(request):
-    """DESIGN's pitfall: a VM's tap carries offloaded frames (GSO, partial
+    """docs/DESIGN.md's pitfall: a VM's tap carries offloaded frames (GSO, partial
     checksums). 1 MiB echoed by the VM through colonet's filter, committed
     every 50 ms, comes back byte for byte."""
 

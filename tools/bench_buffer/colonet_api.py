@@ -18,8 +18,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import colonet  # noqa: E402
-from colonet.buffer.nfqueue import QUEUE_STATUS  # noqa: E402
-from colonet.buffer.nfqueue_wire import parse_queue_status  # noqa: E402
+from colonet.backends.nfqueue.backend import QUEUE_STATUS  # noqa: E402
+from colonet.backends.nfqueue.wire import parse_queue_status  # noqa: E402
 from colonet.net.netns import enter_netns, read_proc_net, run_in_netns  # noqa: E402
 from colonet.net.topology import Topology, run_prefix  # noqa: E402
 

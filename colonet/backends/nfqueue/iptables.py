@@ -4,7 +4,7 @@ Every rule carries a comment starting with `colonet` and naming the owning
 process, so `colonet cleanup` finds what a crashed process left. Rules have
 no `--queue-bypass`: while no process listens on the queue the kernel drops
 the packets, so a netdev whose colonet died is closed, never silently
-unbuffered (DESIGN invariant 7).
+unbuffered (docs/DESIGN.md invariant 7).
 """
 
 from __future__ import annotations
