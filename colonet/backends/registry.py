@@ -13,14 +13,12 @@ code imports none of this). A test registers a double with `register()`.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from colonet.buffer.backend import Backend, BackendOptions
 from colonet.buffer.epoch_queue import BufferLimits
-from colonet.errors import UsageError
+from colonet.registry import Registry
 
 AUTO = "auto"
 
@@ -42,47 +40,16 @@ class BackendKind:
     cleanup: Callable[[bool], list[str]]
 
 
-_registered: dict[str, BackendKind] = {}
-
-
-def register(kind: BackendKind) -> None:
-    if kind.name == AUTO or not kind.name.isidentifier():
-        raise ValueError(f"{kind.name!r} cannot name a backend")
-    _registered[kind.name] = kind
-
-
-def unregister(name: str) -> None:
-    _registered.pop(name, None)
-
-
-@contextmanager
-def registered(kind: BackendKind) -> Iterator[BackendKind]:
-    """Register `kind` for the duration of a `with` block (tests)."""
-    register(kind)
-    try:
-        yield kind
-    finally:
-        unregister(kind.name)
-
-
-def names() -> tuple[str, ...]:
-    """Every backend that can be asked for by name, built-in ones first."""
-    return tuple(BUILTIN) + tuple(n for n in _registered if n not in BUILTIN)
+KINDS: Registry[BackendKind] = Registry("backend", BUILTIN, reserved=(AUTO,))
+register = KINDS.register
+unregister = KINDS.unregister
+registered = KINDS.registered
+names = KINDS.names
+get = KINDS.get
 
 
 def choices() -> tuple[str, ...]:
     return (AUTO, *names())
-
-
-def get(name: str) -> BackendKind:
-    if name in _registered:
-        return _registered[name]
-    module = BUILTIN.get(name)
-    if module is None:
-        raise UsageError(f"unknown backend {name!r} (choose from {', '.join(choices())})")
-    kind: BackendKind = importlib.import_module(module).KIND
-    _registered[name] = kind
-    return kind
 
 
 def preference(name: str) -> tuple[str, ...]:

@@ -31,7 +31,7 @@ from colonet.checkpoint.messages import (
     SecondaryReady,
     ShutdownReceived,
 )
-from colonet.checkpoint.pages import snapshot_checkpoint
+from colonet.checkpoint.pages import CheckpointSnapshot, snapshot_checkpoint
 from colonet.checkpoint.protocol import PrimaryProtocol
 from colonet.checkpoint.transport import Channel, PeerLost
 from colonet.errors import ColonetError
@@ -163,6 +163,8 @@ class PrimaryEngine:
             done += 1
 
     def checkpoint(self, full: bool = False) -> CheckpointStats:
+        """One checkpoint, the transaction of docs/DESIGN.md: request, pause,
+        seal + copy out, resume (speculative), send, commit when safe."""
         started = time.perf_counter()
         epoch = (self.proto.last_epoch or 0) + 1
         self.proto.request_checkpoint(epoch)
@@ -170,67 +172,26 @@ class PrimaryEngine:
         self._wait(ReplyReceived)
 
         self.guest.pause()
-        paused = time.perf_counter()
+        paused_at, paused = time.perf_counter(), True
         try:
-            # One number: the filters seal exactly this checkpoint's epoch
-            # or refuse (EpochMismatchError) and nothing is ever released.
-            sealed = self.hooks.begin_checkpoint(epoch)
-            if sealed != epoch:
-                raise EpochMismatchError(
-                    f"the filters sealed epoch {sealed} for checkpoint {epoch}: "
-                    "stopping before anything is released"
-                )
-            dirty = self.guest.collect_dirty()
-            ram = self.guest.ram_view()
-            try:
-                # Only the copy out of the guest happens while it is paused;
-                # hashing and framing the body come after it resumed.
-                snapshot = snapshot_checkpoint(
-                    epoch,
-                    ram,
-                    None if full else dirty,
-                    self.guest.save_devices(),
-                    compress=self.config.compress,
-                )
-                digest = hashlib.sha256(ram).digest() if self.config.record_ram_digest else None
-            finally:
-                ram.release()
-        except BaseException:
-            if not self.config.speculative:  # strict mode would stay paused
-                self.guest.resume()
-            raise
-        finally:
+            snapshot, dirty_pages, digest = self._capture(epoch, full)
             if self.config.speculative:
                 self.guest.resume()
-        pause_ms = (time.perf_counter() - paused) * 1000
-        try:
+                paused = False
+            pause_ms = (time.perf_counter() - paused_at) * 1000
             body = snapshot.encode()
             # A takeover notice may have come in with the reply: it wins
             # (TakenOver), and this epoch is never released.
             self._take_pending("before sending a checkpoint")
             self.proto.send_checkpoint(epoch, body, self.config.chunk_size)
-        except BaseException:
-            if not self.config.speculative:
-                self.guest.resume()
-            raise
-        try:
-            sent = time.perf_counter()
-            self.channel.flush()
-            self._wait(CheckpointReceived)
-            transfer_ms = (time.perf_counter() - sent) * 1000
-            released: CommitResult | None = None
-            if self.config.release_at == "received":
-                released = self.hooks.commit(epoch)
-            self._wait(CheckpointLoaded)
-            if self.config.release_at == "loaded":
-                released = self.hooks.commit(epoch)
+            transfer_ms, released = self._commit_when_safe(epoch)
         finally:
-            if not self.config.speculative:
+            if paused:  # strict mode: until loaded, or until it failed
                 self.guest.resume()
         stats = CheckpointStats(
             epoch=epoch,
             full=full,
-            dirty_pages=len(dirty),
+            dirty_pages=dirty_pages,
             body_bytes=len(body),
             pause_ms=pause_ms,
             transfer_ms=transfer_ms,
@@ -244,12 +205,55 @@ class PrimaryEngine:
         log.info(
             "checkpoint %d: %d dirty pages, %d bytes, pause %.1f ms, transfer %.1f ms",
             epoch,
-            stats.dirty_pages,
+            dirty_pages,
             stats.body_bytes,
             pause_ms,
             transfer_ms,
         )
         return stats
+
+    def _capture(self, epoch: int, full: bool) -> tuple[CheckpointSnapshot, int, bytes | None]:
+        """While the guest is paused: seal epoch `epoch` on the filters, then
+        copy the dirty pages (all of them if `full`) and the devices out."""
+        # One number: the filters seal exactly this checkpoint's epoch or
+        # refuse (EpochMismatchError), and nothing of it is ever released.
+        sealed = self.hooks.begin_checkpoint(epoch)
+        if sealed != epoch:
+            raise EpochMismatchError(
+                f"the filters sealed epoch {sealed} for checkpoint {epoch}: "
+                "stopping before anything is released"
+            )
+        dirty = self.guest.collect_dirty()
+        ram = self.guest.ram_view()
+        try:
+            # Only the copy out of the guest happens while it is paused;
+            # hashing and framing the body come after it resumed.
+            snapshot = snapshot_checkpoint(
+                epoch,
+                ram,
+                None if full else dirty,
+                self.guest.save_devices(),
+                compress=self.config.compress,
+            )
+            digest = hashlib.sha256(ram).digest() if self.config.record_ram_digest else None
+        finally:
+            ram.release()
+        return snapshot, self.guest.ram_pages if full else len(dirty), digest
+
+    def _commit_when_safe(self, epoch: int) -> tuple[float, CommitResult | None]:
+        """Send what is queued; release epoch `epoch` once the secondary has
+        it (RECEIVED, or LOADED in the stricter mode). (transfer ms, commit)."""
+        sent = time.perf_counter()
+        self.channel.flush()
+        self._wait(CheckpointReceived)
+        transfer_ms = (time.perf_counter() - sent) * 1000
+        released: CommitResult | None = None
+        if self.config.release_at == "received":
+            released = self.hooks.commit(epoch)
+        self._wait(CheckpointLoaded)
+        if self.config.release_at == "loaded":
+            released = self.hooks.commit(epoch)
+        return transfer_ms, released
 
     def shutdown(self, reason: str = "primary stopping") -> None:
         self.proto.send_shutdown(reason)

@@ -29,8 +29,8 @@ from colonet.control.protocol import (
 from colonet.errors import ControlSocketError
 
 
-def call(path: str, request: Request, timeout_s: float = 30.0) -> dict[str, Any]:
-    """Send one request, return the result's JSON (RemoteError if refused)."""
+def exchange(path: str, line: bytes, timeout_s: float = 30.0) -> bytes:
+    """Send one request line, return the answer line (raw bytes)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout_s)
     try:
@@ -40,7 +40,7 @@ def call(path: str, request: Request, timeout_s: float = 30.0) -> dict[str, Any]
             raise ControlSocketError(f"no control socket at {path}: is colonet running?") from None
         except OSError as exc:
             raise ControlSocketError(f"cannot reach control socket {path}: {exc}") from None
-        sock.sendall(encode_request(request))
+        sock.sendall(line)
         reply = bytearray()
         while not reply.endswith(b"\n"):
             chunk = sock.recv(65536)
@@ -51,7 +51,12 @@ def call(path: str, request: Request, timeout_s: float = 30.0) -> dict[str, Any]
         raise ControlSocketError(f"control socket {path} did not answer in {timeout_s} s") from None
     finally:
         sock.close()
-    return decode_response(bytes(reply))
+    return bytes(reply)
+
+
+def call(path: str, request: Request, timeout_s: float = 30.0) -> dict[str, Any]:
+    """Send one request, return the result's JSON (RemoteError if refused)."""
+    return decode_response(exchange(path, encode_request(request), timeout_s))
 
 
 def _field(result: dict[str, Any], key: str, path: str) -> Any:
@@ -65,15 +70,17 @@ def _dump_result(result: dict[str, Any]) -> DumpResult:
     return DumpResult(result["path"], int(result["packets"]), result.get("per_netdev", {}))
 
 
-class FilterClient:
-    """A filter process's control socket, as FilterHooks and more."""
-
+class _Client:
     def __init__(self, path: str, timeout_s: float = 30.0) -> None:
         self.path = path
         self.timeout_s = timeout_s
 
     def _call(self, request: Request) -> dict[str, Any]:
         return call(self.path, request, self.timeout_s)
+
+
+class FilterClient(_Client):
+    """A filter process's control socket, as FilterHooks and more."""
 
     def begin_checkpoint(self, epoch: int | None = None) -> int:
         return int(_field(self._call(CheckpointRequest(epoch)), "epoch", self.path))
@@ -97,15 +104,8 @@ class FilterClient:
         return _dump_result(self._call(DumpRequest(path)))
 
 
-class EngineClient:
+class EngineClient(_Client):
     """A running primary's or secondary's control socket."""
-
-    def __init__(self, path: str, timeout_s: float = 30.0) -> None:
-        self.path = path
-        self.timeout_s = timeout_s
-
-    def _call(self, request: Request) -> dict[str, Any]:
-        return call(self.path, request, self.timeout_s)
 
     def request_checkpoint(self) -> None:
         """A primary checkpoints now instead of at the end of its period."""

@@ -8,12 +8,12 @@ line per kind. A kind declares its own options (the CLI turns them into
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from colonet.errors import UsageError
 from colonet.guest.base import Guest
+from colonet.registry import Registry
 
 # name -> module exposing KIND. Adding a guest kind: one module, one line here.
 BUILTIN: dict[str, str] = {
@@ -60,30 +60,12 @@ class GuestKind:
     options: tuple[GuestOption, ...] = ()
 
 
-_registered: dict[str, GuestKind] = {}
-
-
-def register(kind: GuestKind) -> None:
-    _registered[kind.name] = kind
-
-
-def unregister(name: str) -> None:
-    _registered.pop(name, None)
-
-
-def names() -> tuple[str, ...]:
-    return tuple(BUILTIN) + tuple(n for n in _registered if n not in BUILTIN)
-
-
-def get(name: str) -> GuestKind:
-    if name in _registered:
-        return _registered[name]
-    module = BUILTIN.get(name)
-    if module is None:
-        raise UsageError(f"unknown guest kind {name!r} (choose from {', '.join(names())})")
-    kind: GuestKind = importlib.import_module(module).KIND
-    _registered[name] = kind
-    return kind
+KINDS: Registry[GuestKind] = Registry("guest kind", BUILTIN)
+register = KINDS.register
+unregister = KINDS.unregister
+registered = KINDS.registered
+names = KINDS.names
+get = KINDS.get
 
 
 def make_guest(name: str, settings: GuestSettings) -> Guest:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute, NetNS
 
-from colonet.errors import UnknownNetdevError
+from colonet.errors import UnknownNetdevError, UsageError
+from colonet.net.netns import netns_path
 
 
 @dataclass(frozen=True)
@@ -62,3 +64,20 @@ def set_link_up(netns: str | None, name: str, *, up: bool = True) -> None:
                 f"unknown netdev {name!r} in namespace {netns or '(current)'}: cannot bring it up"
             )
         ipr.link("set", index=found[0], state="up" if up else "down")
+
+
+def require_netdev(netns: str | None, name: str) -> None:
+    """Fail now, naming what is missing, if `name` is not in `netns`.
+
+    For settings only used later (a takeover's NIC): checked at start, so a
+    typo is found before anything depends on it."""
+    where = netns or "(current)"
+    if netns is not None and not os.path.exists(netns_path(netns)):
+        raise UsageError(f"network namespace {netns!r} does not exist")
+    # NetNS(name) would create a missing namespace: checked above.
+    with NetNS(netns, flags=0) if netns else IPRoute() as ipr:
+        if not ipr.link_lookup(ifname=name):
+            known = ", ".join(sorted(link.get("ifname") for link in ipr.get_links()))
+            raise UnknownNetdevError(
+                f"unknown netdev {name!r} in namespace {where} (devices there: {known})"
+            )

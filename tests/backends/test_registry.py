@@ -105,7 +105,7 @@ def test_the_cli_offers_a_registered_backend(double) -> None:
 
 
 def test_cleanup_asks_every_registered_backend(double, monkeypatch) -> None:
-    monkeypatch.setattr(registry, "BUILTIN", {})  # the kernel ones need root
+    monkeypatch.setattr(registry.KINDS, "builtin", {})  # the kernel ones need root
     assert registry.cleanup_all(force=True) == ["double leftovers"]
     assert double.cleaned == [True]
 
