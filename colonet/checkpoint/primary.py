@@ -259,6 +259,24 @@ class PrimaryEngine:
         self.proto.send_shutdown(reason)
         self.channel.flush()
 
+    def leave_stand_down_notice(self, reason: str) -> bool:
+        """Before going on alone: queue GUEST_SHUTDOWN for the secondary, which
+        reads it before anything it could act on, however long it slept
+        (docs/DESIGN.md invariant 8). False if it cannot be queued whole (the
+        connection broke, or a frame was cut half-sent); the secondary's own
+        stall watch is then what keeps it from taking over."""
+        if not self.channel.intact or self.proto.local_hello is None:
+            return False
+        if self.proto.state.name in ("SHUT_DOWN", "CLOSED", "ERROR"):
+            return self.proto.state.name == "SHUT_DOWN"
+        try:
+            self.proto.send_stand_down(reason)
+            self.channel.flush()
+        except (PeerLost, ColonetError, OSError) as exc:
+            log.info("could not leave the secondary a stand-down notice: %s", exc)
+            return False
+        return True
+
     # -- helpers ----------------------------------------------------------
 
     def _wait(self, kind: type[Event]) -> Event:

@@ -206,8 +206,10 @@ class SecondaryProtocol(Connection):
         return CheckpointBodyComplete(self.epoch, body)
 
     def _on_shutdown(self, message: GuestShutdown) -> list[Event]:
-        if self.state is not State.IDLE:
-            raise self._out_of_order(message, "the guest shuts down only between checkpoints")
+        # In any state: between checkpoints it is an orderly shutdown; in the
+        # middle of one it is the primary going on alone (it gave up on us),
+        # and a partial body is dropped. Either way: never take over.
+        self._body, self._size = bytearray(), None
         self.state = State.SHUT_DOWN
         return [ShutdownReceived(message.reason)]
 
@@ -280,6 +282,17 @@ class PrimaryProtocol(Connection):
     def send_shutdown(self, reason: str) -> None:
         self._require("send_shutdown", State.IDLE)
         self._send(GuestShutdown(reason))
+        self.state = State.SHUT_DOWN
+
+    def send_stand_down(self, reason: str) -> None:
+        """GUEST_SHUTDOWN in any state after HELLO: this primary goes on alone
+        and the secondary, reading it whenever it can, must not take over. A
+        checkpoint in transfer is abandoned."""
+        self._check_usable("send_stand_down")
+        if self.local_hello is None:
+            raise LocalProtocolError("send_stand_down before HELLO")
+        self._send(GuestShutdown(reason))
+        self._digest = None
         self.state = State.SHUT_DOWN
 
     def _on_ready(self, message: CheckpointReady) -> list[Event]:

@@ -10,7 +10,8 @@ Failover: heartbeat loss or a broken connection ends `serve()` with failover
 REQUIRED; so does `request_failover()` from any thread, which the serve
 loop notices between events, never in the middle of applying a checkpoint.
 `take_over()` then hands the last applied checkpoint to the caller, which
-starts the guest from it.
+builds the guest from it; the primary is told to stand down; the guest
+starts.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from colonet.checkpoint.messages import (
     ShutdownReceived,
 )
 from colonet.checkpoint.pages import CheckpointFormatError
-from colonet.checkpoint.protocol import SecondaryProtocol
+from colonet.checkpoint.protocol import SecondaryProtocol, State
 from colonet.checkpoint.ram_cache import RamCache
+from colonet.checkpoint.stall import StaleGuard, StallWatchThread
 from colonet.checkpoint.transport import Channel, PeerLost
 from colonet.errors import ColonetError
 
@@ -47,11 +49,18 @@ class SecondaryExit:
     reason: str  # "shutdown", "request", "heartbeat", "closed", "error"
     detail: str
     last_applied: int | None
+    # Set when this secondary was stalled since it last proved the primary
+    # still replicates to it: the primary may have gone on alone meanwhile.
+    stalled_ms: float | None = None
 
     @property
     def needs_takeover(self) -> bool:
-        """Anything but an orderly guest shutdown leaves the guest to us."""
-        return self.reason != "shutdown"
+        """Anything but an orderly guest shutdown leaves the guest to us, unless
+        we were stalled since the primary last showed it still counts on us
+        (fail closed); an operator's explicit request still goes ahead."""
+        if self.reason == "shutdown":
+            return False
+        return self.stalled_ms is None or self.reason == "request"
 
 
 class NothingToTakeOver(ColonetError):
@@ -78,6 +87,7 @@ class SecondaryEngine:
         self.failover = Failover("secondary")
         self._lock = threading.Lock()  # failover state vs. the serve thread
         self._applying = False
+        self.stale = StaleGuard()
 
     def request_failover(self, detail: str = "requested by an operator") -> dict[str, object]:
         """From any thread: take the guest over at the next safe point."""
@@ -96,9 +106,27 @@ class SecondaryEngine:
                 "last_applied": self._last(),
                 "applying": self._applying,
                 "failover": self.failover.status(),
+                "stalled_ms": None
+                if self.stale.stalled_s is None
+                else round(self.stale.stalled_s * 1000, 1),
             }
 
     def serve(self) -> SecondaryExit:
+        # A stall longer than half the silence the primary tolerates may
+        # already have made it give up on us.
+        limit_s = self.channel.config.heartbeat_timeout_ms / 2000
+        watch = StallWatchThread(limit_s, self._on_stall).start()
+        try:
+            return self._serve()
+        finally:
+            watch.stop()
+
+    def _on_stall(self, gap_s: float) -> None:
+        with self._lock:
+            self.stale.stalled(gap_s)
+        log.warning("this secondary was stalled for %.0f ms", gap_s * 1000)
+
+    def _serve(self) -> SecondaryExit:
         try:
             while True:
                 if self.failover.required:  # asked for by an operator
@@ -106,11 +134,17 @@ class SecondaryEngine:
                 event = self.channel.next_event(timeout_s=0.05)
                 if event is None:
                     continue
+                if self.proto.state is State.SHUT_DOWN and not isinstance(event, ShutdownReceived):
+                    # Read in the same batch as a stand-down that follows it:
+                    # the stand-down wins, nothing is answered or applied.
+                    continue
                 if isinstance(event, HelloReceived):
                     hello = event.hello
                     self.cache = self.cache_factory(hello.page_size, hello.ram_pages)
                     self.proto.send_hello(hello.page_size, hello.ram_pages, self.guest_name)
                 elif isinstance(event, CheckpointRequested):
+                    with self._lock:
+                        self.stale.requested(event.epoch)
                     self.proto.send_reply(event.epoch)
                 elif isinstance(event, CheckpointBodyComplete):
                     self._take(event)
@@ -124,8 +158,13 @@ class SecondaryEngine:
                 "primary lost (%s): %s; staying on checkpoint %s", exc.reason, exc, self._last()
             )
             with self._lock:
-                self.failover.require(reason_of_peer_loss(exc.reason), str(exc), time.monotonic())
-            return SecondaryExit(exc.reason, str(exc), self._last())
+                stalled_s = self.stale.stalled_s
+                if stalled_s is None:
+                    self.failover.require(
+                        reason_of_peer_loss(exc.reason), str(exc), time.monotonic()
+                    )
+            stalled_ms = None if stalled_s is None else round(stalled_s * 1000, 1)
+            return SecondaryExit(exc.reason, str(exc), self._last(), stalled_ms)
 
     def _tell_primary_to_stand_down(self, detail: str) -> None:
         """Best effort: a primary that is only stalled (not dead) reads this
@@ -137,8 +176,17 @@ class SecondaryEngine:
         except (PeerLost, ColonetError, OSError) as exc:
             log.info("could not tell the primary to stand down: %s", exc)
 
-    def take_over(self, activate: Callable[[RamCache], None]) -> FailoverEvent:
-        """Start the guest from the last applied checkpoint (after serve())."""
+    def take_over(
+        self,
+        prepare: Callable[[RamCache], None],
+        start: Callable[[], None] | None = None,
+    ) -> FailoverEvent:
+        """Start the guest from the last applied checkpoint (after serve()).
+
+        `prepare` builds the guest from the checkpoint without running it;
+        only once that worked is the primary told to stand down, and then
+        `start` runs the guest. A guest that cannot be built must never
+        leave a primary standing down for nothing."""
         with self._lock:
             if not self.failover.start(applying=self._applying):
                 raise ColonetError("failover cannot start while a checkpoint is being applied")
@@ -147,8 +195,10 @@ class SecondaryEngine:
                 "failover before the first checkpoint was applied: there is no guest state "
                 "on this secondary to resume from"
             )
+        prepare(self.cache)
         self._tell_primary_to_stand_down(self.failover.detail)
-        activate(self.cache)
+        if start is not None:
+            start()
         event = self.failover.complete(self.cache.applied_epoch, time.monotonic())
         log.warning(
             "took over the guest from checkpoint %d (%s: %s) in %.1f ms",
@@ -176,6 +226,8 @@ class SecondaryEngine:
             with self._lock:
                 self._applying = False
         self.proto.send_loaded(event.epoch)
+        with self._lock:
+            self.stale.loaded(event.epoch)
         self.applied += 1
         if self.applied == 1:
             self.proto.send_ready()

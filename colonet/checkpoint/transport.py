@@ -65,6 +65,7 @@ class Channel:
         self.config = config or ChannelConfig()
         self.auth = auth
         self._events: deque[Event] = deque()
+        self.intact = True  # every byte handed to the socket ended a whole frame
         now = time.monotonic()
         self._last_heard = now
         self._last_sent = now
@@ -119,6 +120,9 @@ class Channel:
             for offset in range(0, len(view), step):
                 self.sock.sendall(view[offset : offset + step])
         except OSError as exc:
+            # Part of a frame may be in the socket: nothing sent after it
+            # could be read as a frame of its own any more.
+            self.intact = False
             raise PeerLost("error", f"sending to the peer failed: {exc}") from None
         self._last_sent = time.monotonic()
 

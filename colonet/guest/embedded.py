@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import random
 import socket
 import threading
@@ -19,14 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from colonet.errors import UnknownNetdevError
+from colonet.errors import UnknownNetdevError, UsageError
 from colonet.guest.base import DeviceSection
 from colonet.guest.counter_store import CounterStore
 from colonet.guest.ram import PAGE_SIZE, GuestRam
 from colonet.guest.registry import GuestKind, GuestSettings
 from colonet.net.announce import announce
-from colonet.net.links import set_link_up
-from colonet.net.netns import socket_in_netns
+from colonet.net.links import require_netdev, set_link_up
+from colonet.net.netns import netns_path, socket_in_netns
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +195,16 @@ def _build(settings: GuestSettings) -> EmbeddedGuest:
     )
 
 
+def _check(settings: GuestSettings) -> None:
+    if settings.nic:
+        require_netdev(settings.netns, settings.nic)
+    elif settings.netns and not os.path.exists(netns_path(settings.netns)):
+        raise UsageError(f"--guest-netns {settings.netns!r}: no such network namespace")
+
+
 KIND = GuestKind(
     name="embedded",
     summary="a UDP counter service whose state lives in guest RAM (colonet's own)",
     build=_build,
+    check=_check,
 )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -281,24 +282,33 @@ class QemuGuest:
             time.sleep(0.002)
 
 
-def _build(settings: GuestSettings) -> QemuGuest:
+def _config(settings: GuestSettings) -> QemuGuestConfig:
     o = settings.options
-    return QemuGuest(
-        QemuGuestConfig(
-            kernel=o["qemu_kernel"] or "",
-            initrd=o["qemu_initrd"] or "",
-            tap=o["qemu_tap"] or "",
-            guest_ip=o.get("qemu_ip") or QemuGuestConfig.guest_ip,
-            mac=o.get("qemu_mac") or QemuGuestConfig.mac,
-            ram_mib=settings.ram_mib,
-        )
+    return QemuGuestConfig(
+        kernel=o["qemu_kernel"] or "",
+        initrd=o["qemu_initrd"] or "",
+        tap=o["qemu_tap"] or "",
+        guest_ip=o.get("qemu_ip") or QemuGuestConfig.guest_ip,
+        mac=o.get("qemu_mac") or QemuGuestConfig.mac,
+        ram_mib=settings.ram_mib,
     )
+
+
+def _build(settings: GuestSettings) -> QemuGuest:
+    return QemuGuest(_config(settings))
+
+
+def _check(settings: GuestSettings) -> None:
+    _config(settings)  # the kernel and initrd exist, the sizes make sense
+    if shutil.which(QemuGuestConfig.qemu) is None:
+        raise ValueError(f"{QemuGuestConfig.qemu} is not installed (Debian: qemu-system-x86)")
 
 
 KIND = GuestKind(
     name="qemu",
     summary="a QEMU VM over QMP (see tools/build_guest.sh)",
     build=_build,
+    check=_check,
     options=(
         GuestOption("qemu-kernel", "the VM's kernel", required=True, metavar="FILE"),
         GuestOption("qemu-initrd", "the VM's initrd", required=True, metavar="FILE"),

@@ -58,6 +58,10 @@ class GuestKind:
     summary: str
     build: Callable[[GuestSettings], Guest]
     options: tuple[GuestOption, ...] = ()
+    # Checks, without starting anything, that a guest could be built and
+    # run from these settings on this host (a secondary checks at start,
+    # long before a takeover needs it). Raises UsageError naming the fault.
+    check: Callable[[GuestSettings], None] | None = None
 
 
 KINDS: Registry[GuestKind] = Registry("guest kind", BUILTIN)
@@ -68,14 +72,26 @@ names = KINDS.names
 get = KINDS.get
 
 
-def make_guest(name: str, settings: GuestSettings) -> Guest:
-    """The guest of kind `name`; a missing or bad option is a UsageError."""
+def check_guest(name: str, settings: GuestSettings) -> GuestKind:
+    """Everything a guest of kind `name` needs from `settings` and this host,
+    checked now without starting it; a UsageError names what is missing."""
     kind = get(name)
     missing = [
         f"--{o.name}" for o in kind.options if o.required and not settings.options.get(o.key)
     ]
     if missing:
         raise UsageError(f"--guest {name} needs {', '.join(missing)}")
+    if kind.check is not None:
+        try:
+            kind.check(settings)
+        except ValueError as exc:
+            raise UsageError(f"guest {name}: {exc}") from None
+    return kind
+
+
+def make_guest(name: str, settings: GuestSettings) -> Guest:
+    """The guest of kind `name`; a missing or bad option is a UsageError."""
+    kind = check_guest(name, settings)
     try:
         return kind.build(settings)
     except ValueError as exc:

@@ -19,6 +19,14 @@ from colonet.net.owner import die_with_parent
 from colonet.node.config import PrimaryConfig
 
 
+class FilterStartError(ColonetError):
+    """`colonet filter run` refused to start; carries its reason and exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class FilterProcess:
     def __init__(self, proc: subprocess.Popen, socket_path: str) -> None:
         self.proc = proc
@@ -40,12 +48,16 @@ class FilterProcess:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         try:
-            ready = json.loads(line).get("event") == "ready"
+            first = json.loads(line) if line else {}
         except ValueError:
-            ready = False
-        if not ready:
+            first = {"error": {"message": f"unexpected output {line.strip()!r}"}}
+        if first.get("event") != "ready":
             cls(proc, socket_path).stop()
-            raise ColonetError("the filter process did not start (see its error above)")
+            error = first.get("error") or {}
+            message = error.get("message") or "it exited without a word (see its error above)"
+            raise FilterStartError(
+                f"the filter process did not start: {message}", error.get("exit_code", 1)
+            )
         return cls(proc, socket_path)
 
     def stop(self) -> None:

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import os
 import socket
-import tempfile
 import threading
 import time
 from typing import Any
@@ -42,6 +41,7 @@ from colonet.node.engine_control import EngineControl
 from colonet.node.events import EventSink
 from colonet.node.filter_process import FilterProcess
 from colonet.node.metrics import EngineMetrics, serve_metrics
+from colonet.node.workdir import Workdir, sweep_stale_workdirs
 
 
 def stats_json(stats: CheckpointStats) -> dict[str, Any]:
@@ -121,13 +121,14 @@ class PrimaryNode:
         if security.mode == "none":
             self.events.warn(UNPROTECTED_WARNING)
         guest = make_guest(node.guest_kind, dataclasses.replace(node.guest, netdevs=config.netdevs))
-        workdir = tempfile.mkdtemp(prefix="colonet-primary-")
+        sweep_stale_workdirs()  # what SIGKILLed primaries left
+        workdir = Workdir()
         filt: FilterProcess | None = None
         control: EngineControl | None = None
         try:
             hooks: FilterHooks = CountingHooks()
             if config.netdevs:
-                filt = FilterProcess.start(config, os.path.join(workdir, "filter.sock"))
+                filt = FilterProcess.start(config, workdir.join("filter.sock"))
                 hooks = self.filters = filt.client
             self._serve_metrics()
             # The guest runs (a VM has booted) before the secondary hears
@@ -168,8 +169,7 @@ class PrimaryNode:
             guest.shutdown()
             if filt is not None:
                 filt.stop()
-            with contextlib.suppress(OSError):
-                os.rmdir(workdir)
+            workdir.remove()
         return 0
 
     def _serve_metrics(self) -> None:
@@ -243,12 +243,17 @@ class PrimaryNode:
         return event, settled.settled_packets
 
     def _go_on_alone(self, hooks: FilterHooks, exc: PeerLost) -> None:
-        """The secondary is gone: release everything held and stop buffering."""
+        """The secondary is gone: tell it to stand down (it may only be stalled),
+        then release everything held and stop buffering."""
+        assert self.engine is not None
+        notice = self.engine.leave_stand_down_notice(f"the primary goes on alone: {exc}")
         event, released = self._settle(hooks, "primary", reason_of_peer_loss(exc.reason), str(exc))
+        self.failover_event = (self.failover_event or {}) | {"stand_down_notice": notice}
         self.events.emit(
-            self.failover_event or {},
+            self.failover_event,
             f"primary: secondary lost ({event.reason}: {exc}); released {released} held "
-            "packet(s), filters removed, continuing unprotected",
+            "packet(s), filters removed, continuing unprotected"
+            + ("" if notice else " (no stand-down notice could be left for it)"),
         )
 
     def _stand_down(self, hooks: FilterHooks, guest: Guest, exc: TakenOver) -> None:

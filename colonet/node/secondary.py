@@ -24,18 +24,22 @@ from colonet.checkpoint.auth import AuthError
 from colonet.checkpoint.link_security import UNPROTECTED_WARNING, LinkSecurity, load_security
 from colonet.checkpoint.protocol import SecondaryProtocol
 from colonet.checkpoint.ram_cache import RamCache
-from colonet.checkpoint.secondary import NothingToTakeOver, SecondaryEngine
+from colonet.checkpoint.secondary import SecondaryEngine, SecondaryExit
 from colonet.checkpoint.transport import Channel
 from colonet.control.protocol import EngineStatus, FailoverAccepted, Request
-from colonet.errors import ColonetError
+from colonet.errors import ColonetError, UsageError
 from colonet.guest.base import Guest
-from colonet.guest.registry import make_guest
+from colonet.guest.registry import check_guest, make_guest
 from colonet.node.config import SecondaryConfig
 from colonet.node.engine_control import EngineControl
 from colonet.node.events import EventSink
 from colonet.node.metrics import serve_metrics
 
 log = logging.getLogger("colonet.secondary")
+
+# `colonet secondary` exits with this when it refused a takeover after a
+# stall (the guest runs nowhere here; a person must look).
+STALE_EXIT_CODE = 10
 
 # Fault injection for tests: every apply announces itself ("applying") and
 # takes this long, so a test can kill the secondary inside one.
@@ -103,8 +107,8 @@ class SecondaryNode:
             if self.conn is not None:
                 self.conn.close()
 
-    def activate(self, cache: RamCache) -> None:
-        """Build the guest from the applied checkpoint and start it."""
+    def prepare_guest(self, cache: RamCache) -> None:
+        """Build the guest from the applied checkpoint; it does not run yet."""
         node = self.config.node
         settings = dataclasses.replace(node.guest, ram_pages=cache.ram_pages)
         guest = make_guest(node.guest_kind, settings)
@@ -113,15 +117,25 @@ class SecondaryNode:
             guest.restore(view, list(cache.sections.values()))
         finally:
             view.release()
-        guest.activate()
         self.guest = guest
+
+    def start_guest(self) -> None:
+        assert self.guest is not None
+        self.guest.activate()
 
     def _serve_then_take_over(self) -> int:
         node = self.config.node
+        if self.config.takeover:
+            # Everything a takeover needs is checked now, not when the primary
+            # is gone: a typo found then would leave the guest running nowhere.
+            check_guest(node.guest_kind, node.guest)
         security = load_security(node.security, server_side=True)  # bad keys: fail first
         if security.mode == "none":
             self.events.warn(UNPROTECTED_WARNING)
-        with socket.create_server(self.config.listen) as listener:
+        if node.metrics_address is not None:
+            _, metrics = serve_metrics(node.metrics_address)
+            self.events.metrics = metrics
+        with self._listen() as listener:
             host, port = listener.getsockname()[:2]
             self.address = (host, port)
             self.events.emit(
@@ -129,14 +143,7 @@ class SecondaryNode:
                 f"secondary: listening on {host}:{port}",
             )
             self.listening.set()
-            conn, channel = self._accept_authenticated(listener, security)
-        engine = self.engine = SecondaryEngine(
-            channel, cache_factory=self._cache_factory(), on_applied=self._applied
-        )
-        if node.metrics_address is not None:
-            _, metrics = serve_metrics(node.metrics_address)
-            self.events.metrics = metrics
-        result = engine.serve()
+            conn, engine, result = self._serve_sessions(listener, security)
         # The connection stays open while the guest runs here: a primary that
         # was only stalled reads the takeover notice, not a reset, and stands down.
         self.conn = conn
@@ -145,14 +152,62 @@ class SecondaryNode:
             f"secondary: {result.reason} ({result.detail}); last applied checkpoint "
             f"{result.last_applied}",
         )
+        if result.stalled_ms is not None and result.reason not in ("shutdown", "request"):
+            return self._refuse_stale_takeover(result)
         if not result.needs_takeover or not self.config.takeover:
             return 0
         return self._take_over(engine)
 
+    def _refuse_stale_takeover(self, result: SecondaryExit) -> int:
+        """We slept through the time the primary had to decide about us: it may
+        have gone on alone and released output past our last checkpoint, so a
+        takeover now could roll clients back. Fail closed (invariant 8)."""
+        detail = (
+            f"this secondary was stalled for {result.stalled_ms:.0f} ms since the primary last "
+            f"showed it still replicates here; it may have gone on alone: not taking over "
+            f"from checkpoint {result.last_applied} ({result.reason}: {result.detail})"
+        )
+        self.failover_event = {
+            "event": "failover",
+            "mode": "secondary",
+            "state": "refused",
+            "reason": "stalled",
+            "detail": detail,
+            "last_committed": result.last_applied,
+        }
+        self.events.emit(self.failover_event, f"secondary: {detail}")
+        return STALE_EXIT_CODE
+
+    def _serve_sessions(
+        self, listener: socket.socket, security: LinkSecurity
+    ) -> tuple[socket.socket, SecondaryEngine, SecondaryExit]:
+        """Serve primaries until one has given us a whole checkpoint.
+
+        A session that ends before checkpoint 1 was applied (a port scan, a
+        peer sending garbage, a primary killed during its full sync) leaves
+        nothing to protect or take over: listen again for the real one."""
+        while True:
+            conn, channel = self._accept_authenticated(listener, security)
+            engine = self.engine = SecondaryEngine(
+                channel, cache_factory=self._cache_factory(), on_applied=self._applied
+            )
+            result = engine.serve()
+            # An orderly shutdown, or an operator's failover request, ends
+            # serving whatever was applied; anything else before checkpoint 1
+            # was not a primary worth waiting on.
+            if result.last_applied is not None or result.reason in ("shutdown", "request"):
+                return conn, engine, result
+            conn.close()
+            self.events.emit(
+                {"event": "session-ended", "reason": result.reason, "detail": result.detail},
+                f"secondary: a session ended before its first checkpoint ({result.reason}: "
+                f"{result.detail}); listening again",
+            )
+
     def _take_over(self, engine: SecondaryEngine) -> int:
         try:
-            event = engine.take_over(self.activate)
-        except NothingToTakeOver as exc:
+            event = engine.take_over(self.prepare_guest, self.start_guest)
+        except ColonetError as exc:  # nothing to take over, a guest that cannot run
             self.events.emit(
                 {"event": "failover", "mode": "secondary", "state": "failed", "detail": str(exc)},
                 f"secondary: failover failed: {exc}",
@@ -170,6 +225,14 @@ class SecondaryNode:
         with contextlib.suppress(KeyboardInterrupt):
             self.stopped.wait()
         return 0
+
+    def _listen(self) -> socket.socket:
+        host, port = self.config.listen
+        try:
+            return socket.create_server((host, port))
+        except (OSError, OverflowError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise UsageError(f"cannot listen on {host}:{port}: {reason}") from None
 
     def _applied(self, epoch: int, cache: RamCache) -> None:
         if self.events.metrics is not None:

@@ -15,6 +15,7 @@ from colonet.checkpoint.protocol import PrimaryProtocol, SecondaryProtocol
 from colonet.checkpoint.ram_cache import RamCache
 from colonet.checkpoint.secondary import NothingToTakeOver, SecondaryEngine
 from colonet.checkpoint.transport import Channel, ChannelConfig, PeerLost
+from colonet.errors import UsageError
 from colonet.guest.counter_store import REPLY, REQUEST
 from colonet.guest.embedded import EmbeddedGuest, EmbeddedGuestConfig
 from tests.checkpoint.test_engine import link  # noqa: F401  (fixture)
@@ -147,3 +148,114 @@ def test_takeover_only_after_failover_was_required(link):  # noqa: F811
     secondary = SecondaryEngine(Channel(link[1], SecondaryProtocol(), FAST))
     with pytest.raises(Exception, match="cannot start from state none"):
         secondary.take_over(lambda cache: None)
+
+
+def test_a_guest_that_cannot_be_built_sends_no_stand_down(link):  # noqa: F811
+    """Issue 15 item 3: the stand-down goes out only once the guest is built:
+    a primary told to stand down for a takeover that then fails would leave
+    the guest running nowhere."""
+    secondary, thread, result, guest, primary = _engines(link)
+    try:
+        primary.connect()
+        primary.checkpoint()
+        thread.join(5)  # the primary falls silent: heartbeat loss
+        assert result[0].reason == "heartbeat"
+
+        def cannot_build(cache: RamCache) -> None:
+            raise UsageError("unknown netdev 'rtNOPE0'")
+
+        started: list[bool] = []
+        with pytest.raises(UsageError, match="rtNOPE0"):
+            secondary.take_over(cannot_build, lambda: started.append(True))
+        assert started == []
+        # The primary wakes: no takeover notice waits for it, it checkpoints on
+        # (and finds its secondary gone, as it is).
+        with pytest.raises(PeerLost):
+            primary.run(max_checkpoints=1)
+    finally:
+        guest.shutdown()
+
+
+def test_the_guest_is_built_before_the_stand_down_and_started_after(link):  # noqa: F811
+    secondary, thread, result, guest, primary = _engines(link)
+    order: list[str] = []
+    sent = secondary._tell_primary_to_stand_down
+    secondary._tell_primary_to_stand_down = lambda detail: (order.append("notice"), sent(detail))
+    try:
+        primary.connect()
+        primary.checkpoint()
+        thread.join(5)
+        secondary.take_over(lambda cache: order.append("prepare"), lambda: order.append("start"))
+        assert order == ["prepare", "notice", "start"]
+        with pytest.raises(TakenOver):
+            primary.run(max_checkpoints=1)
+    finally:
+        guest.shutdown()
+
+
+def test_a_secondary_that_was_stalled_does_not_take_over(link):  # noqa: F811
+    """Issue 15 item 1: a secondary that slept through the primary's decision
+    (here: its stall watch reports 8 s) must not take over when it then finds
+    the primary silent or gone: the primary may have gone on alone."""
+    secondary, thread, result, guest, primary = _engines(link)
+    try:
+        primary.connect()
+        primary.checkpoint()
+        secondary._on_stall(8.0)
+        link[0].close()  # the primary is gone (or just silent) after it
+        thread.join(5)
+        assert result[0].stalled_ms == 8000.0
+        assert result[0].reason in ("closed", "error", "heartbeat")
+        assert not result[0].needs_takeover
+        assert secondary.failover.state is FailoverState.NONE
+        assert secondary.status()["stalled_ms"] == 8000.0
+    finally:
+        guest.shutdown()
+
+
+def test_a_round_trip_after_the_stall_makes_the_secondary_trust_the_primary_again(link):  # noqa: F811
+    secondary, thread, result, guest, primary = _engines(link)
+    try:
+        primary.connect()
+        secondary._on_stall(8.0)
+        primary.run(max_checkpoints=2)  # LOADED sent after the stall, then a new request
+        assert secondary.status()["stalled_ms"] is None
+        link[0].close()
+        thread.join(5)
+        assert result[0].stalled_ms is None and result[0].needs_takeover
+    finally:
+        guest.shutdown()
+
+
+def test_an_operator_may_still_ask_a_stalled_secondary_to_take_over(link):  # noqa: F811
+    secondary, thread, result, guest, primary = _engines(link)
+    try:
+        primary.connect()
+        secondary._on_stall(8.0)
+        secondary.request_failover()
+        thread.join(5)
+        assert result[0].reason == "request" and result[0].needs_takeover
+    finally:
+        guest.shutdown()
+
+
+def test_the_primary_going_on_alone_leaves_a_notice_even_mid_checkpoint(link):  # noqa: F811
+    secondary, thread, result, guest, primary = _engines(link)
+    try:
+        primary.connect()
+        primary.proto.request_checkpoint(2)  # then the primary gives up on the reply
+        assert primary.leave_stand_down_notice("the primary goes on alone") is True
+        thread.join(5)
+        assert result[0].reason == "shutdown" and not result[0].needs_takeover
+    finally:
+        guest.shutdown()
+
+
+def test_no_notice_after_a_frame_was_cut(link):  # noqa: F811
+    secondary, thread, result, guest, primary = _engines(link)
+    try:
+        primary.connect()
+        primary.channel.intact = False  # a send failed half-way through a frame
+        assert primary.leave_stand_down_notice("x") is False
+    finally:
+        guest.shutdown()

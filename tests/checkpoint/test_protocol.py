@@ -300,10 +300,39 @@ def test_the_primary_refuses_what_only_it_sends(message: Message) -> None:
     remote_error(primary, rf"^{message.kind.name} is never sent to the primary$", message)
 
 
-def test_shutdown_in_the_middle_of_a_checkpoint() -> None:
+@pytest.mark.parametrize("chunks", [None, 0, 5])
+def test_a_stand_down_in_the_middle_of_a_checkpoint_is_taken(chunks: int | None) -> None:
+    """The primary going on alone mid-checkpoint (issue 15 item 1): the
+    secondary drops any partial body and must not take over."""
     _, secondary = synced()
     send(secondary, CheckpointRequest(2))
-    remote_error(secondary, r"GUEST_SHUTDOWN out of order in state REQUESTED", GuestShutdown("x"))
+    secondary.send_reply(2)
+    if chunks is not None:
+        body = [VmstateSend(2), VmstateSize(2, 1000)] + [VmstateData(b"y" * 100)] * chunks
+        assert send(secondary, *body)[:1] == [CheckpointStarted(2, 1000)]
+    events = send(secondary, GuestShutdown("the primary goes on alone"))
+    assert events == [ShutdownReceived("the primary goes on alone")]
+    assert secondary.state is State.SHUT_DOWN
+
+
+def test_the_primary_can_stand_the_secondary_down_in_any_state() -> None:
+    primary, secondary = synced()
+    primary.request_checkpoint(2)
+    pipe(primary, secondary)
+    secondary.send_reply(2)
+    pipe(secondary, primary)
+    primary.send_checkpoint(2, b"y" * 1000, 100)
+    body = primary.data_to_send()  # queued, then lost with the peer
+    primary.send_stand_down("going on alone")
+    assert primary.state is State.SHUT_DOWN
+    secondary.receive_data(body)
+    assert pipe(primary, secondary) == [ShutdownReceived("going on alone")]
+
+
+def test_a_stand_down_needs_a_hello_first() -> None:
+    primary = PrimaryProtocol()
+    with pytest.raises(LocalProtocolError, match="send_stand_down before HELLO"):
+        primary.send_stand_down("x")
 
 
 def primary_at(state: State) -> tuple[PrimaryProtocol, SecondaryProtocol]:

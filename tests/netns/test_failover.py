@@ -138,6 +138,37 @@ def test_secondary_lost_the_primary_goes_on_alone_unbuffered(pair):
     assert pair.primary.popen.poll() is None  # still running the guest
 
 
+@pytest.mark.parametrize("stall_s", [0.15, 6.0], ids=["shorter", "longer"])
+def test_a_stalled_secondary_never_makes_a_second_live_guest(pair, stall_s):
+    """Issue 15 item 1: SIGSTOP the secondary for shorter and (far) longer than
+    the heartbeat timeout (400 ms). Longer: the primary goes on alone and
+    leaves a stand-down notice; the secondary, woken, reads it (or sees its
+    own stall) and never takes over. Shorter: nothing fails over."""
+    time.sleep(0.3)
+    pair.secondary.popen.send_signal(signal.SIGSTOP)
+    time.sleep(stall_s)
+    pair.secondary.popen.send_signal(signal.SIGCONT)
+    woke_at = time.monotonic()
+    if stall_s < 0.4:
+        time.sleep(1.0)
+        assert not pair.primary.of("failover") and not pair.secondary.of("failover")
+        assert len(pair.wait_replies_after(woke_at)) >= 20
+        return
+    alone = pair.primary.wait_for("failover", 10)
+    assert alone is not None and alone["mode"] == "primary"
+    assert alone["stand_down_notice"] is True
+    assert pair.secondary.popen.wait(15) in (0, 10)
+    taken = [e for e in pair.secondary.of("failover") if e.get("state") == "completed"]
+    assert taken == [], taken  # never a second live guest
+    exit_event = pair.secondary.of("exit")[0]
+    assert exit_event["reason"] == "shutdown" or pair.secondary.of("failover")[0]["state"] == (
+        "refused"
+    )
+    assert len(pair.wait_replies_after(time.monotonic())) >= 20  # the primary serves on
+    values = [r.value for r in pair.client.replies]
+    assert values == sorted(set(values))
+
+
 def test_manual_failover_on_the_primary_makes_the_secondary_stand_down(pair):
     time.sleep(0.3)
     done = subprocess.run(

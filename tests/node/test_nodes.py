@@ -4,6 +4,7 @@ embedded guest and no netdevs: orchestration without root or namespaces."""
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -11,8 +12,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from colonet.checkpoint.auth import PskSession, load_psk
 from colonet.checkpoint.keys import make_psk
 from colonet.checkpoint.link_security import SecurityFiles
+from colonet.checkpoint.messages import HelloReceived
+from colonet.checkpoint.protocol import PrimaryProtocol
+from colonet.checkpoint.transport import Channel
 from colonet.control.client import EngineClient
 from colonet.errors import UsageError
 from colonet.guest.registry import GuestSettings
@@ -183,3 +188,87 @@ def test_a_primary_without_a_secondary_says_where_it_looked(tmp_path) -> None:
     )
     with pytest.raises(PeerLost, match="cannot reach the secondary at 127.0.0.1:1"):
         node.run()
+
+
+def _secondary_alone(tmp_path, psk: str | None) -> Running:  # type: ignore[no-untyped-def]
+    devnull = open(os.devnull, "w")  # noqa: SIM115 (a daemon thread's sink)
+    node = SecondaryNode(
+        SecondaryConfig(
+            NodeConfig(
+                guest=GuestSettings(ram_mib=1, service_ip="127.0.0.1", service_port=0),
+                heartbeat_timeout_ms=300,
+                security=SecurityFiles(psk_file=psk),
+            ),
+            listen=("127.0.0.1", 0),
+        ),
+        EventSink(True, devnull),
+    )
+    running = _start(node)
+    assert node.listening.wait(5)
+    return running
+
+
+def _primary_for(secondary: SecondaryNode, psk: str | None) -> Running:
+    assert secondary.address is not None
+    guest = GuestSettings(ram_mib=1, service_ip="127.0.0.1", service_port=0)
+    return _start(
+        PrimaryNode(
+            PrimaryConfig(
+                NodeConfig(guest=guest, heartbeat_timeout_ms=300, security=SecurityFiles(psk)),
+                peer=secondary.address,
+                checkpoint_delay_ms=20,
+            ),
+            EventSink(True, open(os.devnull, "w")),  # noqa: SIM115
+        )
+    )
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["no-keys", "psk"])
+def test_garbage_before_the_first_checkpoint_does_not_end_the_secondary(tmp_path, keyed) -> None:
+    """Issue 15 item 4: a port scan or a peer sending garbage must not kill a
+    secondary that has nothing yet: it listens again for the real primary."""
+    psk = make_psk(str(tmp_path / "keys")) if keyed else None
+    s = _secondary_alone(tmp_path, psk)
+    node = s.node
+    assert isinstance(node, SecondaryNode) and node.address is not None
+    for junk in (b"", b"GET / HTTP/1.0\r\n\r\n", os.urandom(64)):
+        with socket.create_connection(node.address) as scan:
+            scan.sendall(junk)
+    p = _primary_for(node, psk)
+    try:
+        _wait(lambda: len(_events(node.events, "applied")) >= 3)
+        assert s.thread.is_alive()
+    finally:
+        p.node.stop()
+        p.join()
+        node.stop()
+        s.join()
+    if not keyed:  # with a key the junk is refused before it reaches the protocol
+        assert len(_events(node.events, "session-ended")) >= 2
+
+
+def test_a_primary_lost_during_its_full_sync_leaves_the_secondary_listening(tmp_path) -> None:
+    psk = make_psk(str(tmp_path / "keys"))
+    s = _secondary_alone(tmp_path, psk)
+    node = s.node
+    assert isinstance(node, SecondaryNode) and node.address is not None
+    # A primary that says HELLO and starts checkpoint 1, then dies.
+    sock = socket.create_connection(node.address)
+    channel = Channel(sock, PrimaryProtocol(), auth=PskSession("primary", load_psk(psk)))
+    channel.handshake()
+    channel.proto.send_hello(4096, 256, "doomed")
+    channel.flush()
+    assert isinstance(channel.next_event(5), HelloReceived)
+    channel.proto.request_checkpoint(1)
+    channel.flush()
+    sock.close()
+    _wait(lambda: _events(node.events, "session-ended"))
+    assert _events(node.events, "session-ended")[0]["reason"] in ("closed", "error")
+    p = _primary_for(node, psk)
+    try:
+        _wait(lambda: _events(node.events, "applied"))
+    finally:
+        p.node.stop()
+        p.join()
+        node.stop()
+        s.join()
