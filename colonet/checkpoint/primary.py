@@ -47,7 +47,10 @@ class EngineConfig:
     speculative: bool = True  # resume once the checkpoint is in the send buffer
     release_at: str = "received"  # or "loaded": the stricter mode
     compress: bool = False
-    reply_timeout_ms: int = 5000
+    # How long the secondary may take to answer while it is heard from (its
+    # heartbeats go on): the deadline for progress. Silence is the channel's
+    # heartbeat timeout, at every stage.
+    reply_timeout_ms: int = 30_000
     record_ram_digest: bool = False  # sha256 of RAM per checkpoint (tests)
 
     def __post_init__(self) -> None:
@@ -174,12 +177,13 @@ class PrimaryEngine:
         self.guest.pause()
         paused_at, paused = time.perf_counter(), True
         try:
-            snapshot, dirty_pages, digest = self._capture(epoch, full)
-            if self.config.speculative:
-                self.guest.resume()
-                paused = False
-            pause_ms = (time.perf_counter() - paused_at) * 1000
-            body = snapshot.encode()
+            with self.channel.busy():  # heartbeats go on while we copy and encode
+                snapshot, dirty_pages, digest = self._capture(epoch, full)
+                if self.config.speculative:
+                    self.guest.resume()
+                    paused = False
+                pause_ms = (time.perf_counter() - paused_at) * 1000
+                body = snapshot.encode()
             # A takeover notice may have come in with the reply: it wins
             # (TakenOver), and this epoch is never released.
             self._take_pending("before sending a checkpoint")

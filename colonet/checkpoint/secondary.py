@@ -212,7 +212,8 @@ class SecondaryEngine:
     def _take(self, event: CheckpointBodyComplete) -> None:
         assert self.cache is not None
         try:
-            staged = self.cache.stage(event.body)
+            with self.channel.busy():  # decoding and verifying a large body takes a while
+                staged = self.cache.stage(event.body)
         except CheckpointFormatError as exc:
             raise PeerLost("error", f"checkpoint {event.epoch} is malformed: {exc}") from exc
         self.proto.send_received(event.epoch, hashlib.sha256(event.body).digest())
@@ -221,7 +222,8 @@ class SecondaryEngine:
         with self._lock:
             self._applying = True
         try:
-            self.cache.apply(staged)
+            with self.channel.busy():
+                self.cache.apply(staged)
         finally:
             with self._lock:
                 self._applying = False

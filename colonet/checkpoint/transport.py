@@ -12,8 +12,11 @@ buffers each direction separately.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from colonet.checkpoint.auth import AuthError, PskSession
@@ -36,10 +39,12 @@ class PeerLost(ColonetError):
 @dataclass(frozen=True)
 class ChannelConfig:
     heartbeat_interval_ms: int = 100
+    # Silence (not one byte from the peer, or none accepted by it) for this
+    # long means the peer is lost, at every stage: a peer busy encoding,
+    # staging or applying keeps sending heartbeats (`Channel.busy`).
     heartbeat_timeout_ms: int = 1000
-    # While a checkpoint is under way the peer is busy (encoding, staging,
-    # applying a large body) and sends nothing for a while: that silence is
-    # judged against this longer limit, not the idle heartbeat timeout.
+    # How long one checkpoint may take while the peer is heard from: the
+    # deadline for progress, not for silence.
     checkpoint_timeout_ms: int = 30_000
     send_chunk_bytes: int = 1 << 20
 
@@ -66,6 +71,7 @@ class Channel:
         self.auth = auth
         self._events: deque[Event] = deque()
         self.intact = True  # every byte handed to the socket ended a whole frame
+        self._send_lock = threading.Lock()  # a busy() heartbeat vs. the owner
         now = time.monotonic()
         self._last_heard = now
         self._last_sent = now
@@ -105,31 +111,67 @@ class Channel:
         self._last_heard = self._last_sent = now
 
     def flush(self) -> None:
+        with self._send_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
         data = self.proto.data_to_send()
         if not data:
             return
         if self.auth is not None:
             data = self.auth.seal(data)
-        # Sent in chunks, each with its own deadline: a body of a gigabyte
-        # may take seconds in all, but a peer that accepts nothing for the
-        # whole limit is gone. (A socket timeout bounds a whole sendall.)
+        # A body of a gigabyte may take seconds over a slow link; what counts
+        # is progress: a peer that accepts no byte for the silence limit is
+        # gone. (One send() waits at most that long; each returns what fit.)
         view = memoryview(data)
         step = self.config.send_chunk_bytes
         self.sock.settimeout(self._silence_limit_s())
+        offset = 0
         try:
-            for offset in range(0, len(view), step):
-                self.sock.sendall(view[offset : offset + step])
+            while offset < len(view):
+                offset += self.sock.send(view[offset : offset + step])
+                self._last_sent = time.monotonic()
+        except TimeoutError:
+            self.intact = offset == len(view)
+            raise PeerLost(
+                "heartbeat",
+                f"the peer accepted nothing for {self.config.heartbeat_timeout_ms} ms",
+            ) from None
         except OSError as exc:
             # Part of a frame may be in the socket: nothing sent after it
             # could be read as a frame of its own any more.
             self.intact = False
             raise PeerLost("error", f"sending to the peer failed: {exc}") from None
-        self._last_sent = time.monotonic()
 
     def _silence_limit_s(self) -> float:
-        idle = self.proto.state.name in ("HANDSHAKE", "IDLE", "CLOSED", "SHUT_DOWN")
-        limit = self.config.heartbeat_timeout_ms if idle else self.config.checkpoint_timeout_ms
-        return limit / 1000
+        return self.config.heartbeat_timeout_ms / 1000
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """While the caller computes (encodes, stages, applies) and reads
+        nothing, a thread keeps sending heartbeats so the peer does not take
+        the silence for a loss. Nothing else may use the channel meanwhile."""
+        stop = threading.Event()
+        interval = self.config.heartbeat_interval_ms / 1000
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                try:
+                    with self._send_lock:
+                        if self.proto.local_hello is None or not self.intact:
+                            return
+                        self.proto.send_heartbeat()
+                        self._flush_locked()
+                except (PeerLost, ColonetError):
+                    return  # the caller finds out at its next send or receive
+
+        thread = threading.Thread(target=beat, daemon=True, name="busy-heartbeat")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def next_event(self, timeout_s: float | None = None) -> Event | None:
         """The next event, or None when `timeout_s` passes first."""

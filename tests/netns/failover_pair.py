@@ -28,6 +28,7 @@ class FailoverPair:
         buffered: bool = True,
         heartbeat_timeout_ms: int = 400,
         primary_args: tuple[str, ...] = (),
+        period_ms: int = 50,
     ) -> None:
         self.topo = Topology(
             run_prefix(),
@@ -42,13 +43,14 @@ class FailoverPair:
         self.buffered = buffered
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
         self.primary_args = primary_args
+        self.period_ms = period_ms
         self.procs: list[EventProcess] = []
         self.client: Client | None = None
 
     def start(self) -> FailoverPair:
         topo = self.topo.build()
         config = DemoConfig(
-            period_ms=50,
+            period_ms=self.period_ms,
             buffered=self.buffered,
             heartbeat_timeout_ms=self.heartbeat_timeout_ms,
             primary_args=self.primary_args,
