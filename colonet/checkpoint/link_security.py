@@ -50,12 +50,14 @@ class LinkSecurity:
     psk: bytes | None = None
     context: ssl.SSLContext | None = None
 
-    def wrap(self, sock: socket.socket, *, server_side: bool) -> socket.socket:
+    def wrap(
+        self, sock: socket.socket, *, server_side: bool, timeout_s: float = 10.0
+    ) -> socket.socket:
         """TLS handshake on a connected socket (other modes: unchanged)."""
         if self.context is None:
             return sock
         try:
-            sock.settimeout(10)
+            sock.settimeout(timeout_s)
             return self.context.wrap_socket(sock, server_side=server_side)
         except (ssl.SSLError, OSError) as exc:
             sock.close()

@@ -33,7 +33,7 @@ from colonet.checkpoint.protocol import PrimaryProtocol
 from colonet.checkpoint.transport import Channel, PeerLost
 from colonet.control.client import FilterClient
 from colonet.control.protocol import DumpRequest, EngineStatus, FailoverAccepted, Request
-from colonet.errors import ColonetError
+from colonet.errors import ColonetError, UsageError
 from colonet.guest.base import Guest
 from colonet.guest.registry import make_guest
 from colonet.node.config import PrimaryConfig
@@ -50,6 +50,12 @@ def stats_json(stats: CheckpointStats) -> dict[str, Any]:
     if digest is not None:
         body["ram_sha256"] = digest.hex()
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in body.items()}
+
+
+class NeverProtected(ColonetError):
+    """The secondary went away before it held a first checkpoint."""
+
+    exit_code = PeerLost.exit_code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,9 +95,17 @@ class PrimaryNode:
             filters=filters,
         )
 
-    def request_checkpoint(self, _: Request | None = None) -> Requested:
+    def _require_protecting(self, what: str) -> PrimaryEngine:
         if self.engine is None:
             raise ColonetError("the engine is not running yet")
+        if self.failover_event is not None:
+            mode = self.failover_event.get("mode")
+            raise UsageError(f"cannot {what}: failover already completed (mode {mode})")
+        return self.engine
+
+    def request_checkpoint(self, _: Request | None = None) -> Requested:
+        self._require_protecting("checkpoint")
+        assert self.engine is not None
         self.engine.request_early_checkpoint()
         return Requested()
 
@@ -102,8 +116,8 @@ class PrimaryNode:
         return self.filters.dump(request.path)
 
     def go_alone(self, _: Request | None = None) -> FailoverAccepted:
-        if self.engine is None:
-            raise ColonetError("the engine is not running yet")
+        self._require_protecting("fail over")
+        assert self.engine is not None
         self.engine.request_failover()
         return FailoverAccepted(accepted=True, mode="primary", state="required")
 
@@ -150,7 +164,7 @@ class PrimaryNode:
             if self._stop.is_set():
                 engine.stop()
             try:
-                engine.connect()
+                self._first_sync(engine)
                 engine.run()
                 engine.shutdown()
             except PeerLost as exc:
@@ -171,6 +185,19 @@ class PrimaryNode:
                 filt.stop()
             workdir.remove()
         return 0
+
+    def _first_sync(self, engine: PrimaryEngine) -> None:
+        """HELLO and the full first checkpoint. Lost here, the guest was never
+        protected: that is an error to report, not a failover to go through."""
+        try:
+            engine.connect()
+        except PeerLost as exc:
+            hint = ""
+            if exc.reason in ("closed", "error"):
+                hint = " (does it expect a key? --psk-file or --tls-cert/--tls-key/--tls-ca)"
+            raise NeverProtected(
+                f"the secondary was lost before the first checkpoint: {exc}{hint}"
+            ) from None
 
     def _serve_metrics(self) -> None:
         address = self.config.node.metrics_address

@@ -37,6 +37,9 @@ from colonet.node.metrics import serve_metrics
 
 log = logging.getLogger("colonet.secondary")
 
+# How long a connecting peer has to prove it holds the key (TLS or PSK).
+HANDSHAKE_TIMEOUT_S = 3.0
+
 # `colonet secondary` exits with this when it refused a takeover after a
 # stall (the guest runs nowhere here; a person must look).
 STALE_EXIT_CODE = 10
@@ -99,6 +102,8 @@ class SecondaryNode:
         )
         try:
             return self._serve_then_take_over()
+        except StoppedWaiting:
+            return 0
         finally:
             if control is not None:
                 control.close()
@@ -263,24 +268,111 @@ class SecondaryNode:
         self, listener: socket.socket, security: LinkSecurity
     ) -> tuple[socket.socket, Channel]:
         """The first peer that proves it holds the key; others are refused and
-        reported, before anything they send reaches the protocol."""
-        while True:
-            conn, peer = listener.accept()
-            try:
-                conn = security.wrap(conn, server_side=True)
-                channel = Channel(
-                    conn,
-                    SecondaryProtocol(),
-                    self.config.node.channel_config(),
-                    auth=security.session("secondary"),
-                )
-                channel.handshake()
-            except AuthError as exc:
-                conn.close()
-                self.events.emit(
-                    {"event": "refused", "peer": list(peer[:2]), "reason": str(exc)},
-                    f"secondary: refused {peer[0]}:{peer[1]}: {exc}",
-                )
-                log.warning("refused replication peer %s: %s", peer[0], exc)
-                continue
-            return conn, channel
+        reported, before anything they send reaches the protocol.
+
+        Handshakes run side by side, each with a short deadline, and a source
+        address may have only a few under way: idle or slow connections from
+        anyone cannot keep the real primary out (issue 15 item 5)."""
+        gate = HandshakeGate()
+        listener.settimeout(0.05)
+        try:
+            while (winner := gate.winner()) is None:
+                if self.stopped.is_set():
+                    raise StoppedWaiting
+                try:
+                    conn, peer = listener.accept()
+                except TimeoutError:
+                    continue
+                if not gate.admit(peer[0]):
+                    conn.close()
+                    self._refused(peer, "too many handshakes under way from this address")
+                    continue
+                threading.Thread(
+                    target=self._handshake,
+                    args=(conn, peer, security, gate),
+                    daemon=True,
+                    name="handshake",
+                ).start()
+            return winner
+        finally:
+            gate.close()
+            listener.settimeout(None)
+
+    def _handshake(
+        self,
+        conn: socket.socket,
+        peer: tuple,
+        security: LinkSecurity,
+        gate: HandshakeGate,
+    ) -> None:
+        try:
+            conn = security.wrap(conn, server_side=True, timeout_s=HANDSHAKE_TIMEOUT_S)
+            channel = Channel(
+                conn,
+                SecondaryProtocol(),
+                self.config.node.channel_config(),
+                auth=security.session("secondary"),
+            )
+            channel.handshake(HANDSHAKE_TIMEOUT_S)
+        except AuthError as exc:
+            conn.close()
+            self._refused(peer, str(exc))
+            return
+        finally:
+            gate.done(peer[0])
+        if not gate.offer((conn, channel)):
+            conn.close()  # another primary proved itself first
+
+    def _refused(self, peer: tuple, reason: str) -> None:
+        self.events.emit(
+            {"event": "refused", "peer": list(peer[:2]), "reason": reason},
+            f"secondary: refused {peer[0]}:{peer[1]}: {reason}",
+        )
+        log.warning("refused replication peer %s: %s", peer[0], reason)
+
+
+class StoppedWaiting(Exception):
+    """`stop()` while no primary was connected."""
+
+
+class HandshakeGate:
+    """Handshakes under way, per source address, and the first to succeed."""
+
+    def __init__(self, per_source: int = 4, total: int = 64) -> None:
+        self.per_source = per_source
+        self.total = total
+        self._lock = threading.Lock()
+        self._pending: dict[str, int] = {}
+        self._winner: tuple[socket.socket, Channel] | None = None
+        self._closed = False
+
+    def admit(self, source: str) -> bool:
+        with self._lock:
+            if self._pending.get(source, 0) >= self.per_source:
+                return False
+            if sum(self._pending.values()) >= self.total:
+                return False
+            self._pending[source] = self._pending.get(source, 0) + 1
+            return True
+
+    def done(self, source: str) -> None:
+        with self._lock:
+            self._pending[source] -= 1
+            if not self._pending[source]:
+                del self._pending[source]
+
+    def offer(self, won: tuple[socket.socket, Channel]) -> bool:
+        """True if `won` is the first proven peer (and is taken)."""
+        with self._lock:
+            if self._winner is not None or self._closed:
+                return False
+            self._winner = won
+            return True
+
+    def winner(self) -> tuple[socket.socket, Channel] | None:
+        with self._lock:
+            return self._winner
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 import pytest
 
 from colonet.checkpoint.auth import PskSession, load_psk
-from colonet.checkpoint.keys import make_psk
+from colonet.checkpoint.keys import make_psk, make_tls
 from colonet.checkpoint.link_security import SecurityFiles
 from colonet.checkpoint.messages import HelloReceived
 from colonet.checkpoint.protocol import PrimaryProtocol
 from colonet.checkpoint.transport import Channel
 from colonet.control.client import EngineClient
+from colonet.control.protocol import RemoteError
 from colonet.errors import UsageError
 from colonet.guest.registry import GuestSettings
 from colonet.node.config import NodeConfig, PrimaryConfig, SecondaryConfig
@@ -272,3 +273,91 @@ def test_a_primary_lost_during_its_full_sync_leaves_the_secondary_listening(tmp_
         p.join()
         node.stop()
         s.join()
+
+
+@pytest.mark.parametrize("mode", ["psk", "tls"])
+def test_idle_connections_do_not_lock_the_primary_out(tmp_path, mode) -> None:
+    """Issue 15 item 5: connections that never say a word (from anyone) must
+    not keep the real primary from proving itself and replicating."""
+    keys = str(tmp_path / "keys")
+    psk = make_psk(keys)
+    if mode == "tls":
+        make_tls(keys, 1)
+        files = {
+            end: SecurityFiles(None, f"{keys}/{end}.pem", f"{keys}/{end}.key", f"{keys}/ca.pem")
+            for end in ("primary", "secondary")
+        }
+    else:
+        files = {end: SecurityFiles(psk_file=psk) for end in ("primary", "secondary")}
+    devnull = open(os.devnull, "w")  # noqa: SIM115
+    guest = GuestSettings(ram_mib=1, service_ip="127.0.0.1", service_port=0)
+    secondary = SecondaryNode(
+        SecondaryConfig(
+            NodeConfig(guest=guest, heartbeat_timeout_ms=300, security=files["secondary"]),
+            listen=("127.0.0.1", 0),
+        ),
+        EventSink(True, devnull),
+    )
+    s = _start(secondary)
+    assert secondary.listening.wait(5) and secondary.address is not None
+    idle = []
+    for source in ("127.0.0.2",) * 6 + ("127.0.0.3",) * 2:
+        sock = socket.socket()
+        sock.bind((source, 0))
+        sock.connect(secondary.address)
+        idle.append(sock)
+    started = time.monotonic()
+    primary = PrimaryNode(
+        PrimaryConfig(
+            NodeConfig(guest=guest, heartbeat_timeout_ms=300, security=files["primary"]),
+            peer=secondary.address,
+            checkpoint_delay_ms=20,
+        ),
+        EventSink(True, devnull),
+    )
+    p = _start(primary)
+    try:
+        _wait(lambda: _events(secondary.events, "applied"), timeout_s=5)
+        assert time.monotonic() - started < 2.0  # not behind the idle ones' deadlines
+        # Two from 127.0.0.2 were refused at once (four handshakes per address).
+        refused = [e for e in _events(secondary.events, "refused") if e["peer"][0] == "127.0.0.2"]
+        assert any("too many handshakes" in e["reason"] for e in refused)
+    finally:
+        for sock in idle:
+            sock.close()
+        primary.stop()
+        p.join()
+        secondary.stop()
+        s.join()
+        devnull.close()
+
+
+def test_a_primary_without_the_key_fails_instead_of_going_on_alone(tmp_path) -> None:
+    """Issue 15 item 10: refused by a PSK secondary, a keyless primary was
+    never protected: an error (exit 7), not "going on alone" with exit 0."""
+    from colonet.node.primary import NeverProtected
+
+    psk = make_psk(str(tmp_path / "keys"))
+    s = _secondary_alone(tmp_path, psk)
+    node = s.node
+    assert isinstance(node, SecondaryNode)
+    p = _primary_for(node, None)
+    outcome = p.join()
+    assert isinstance(outcome, NeverProtected) and outcome.exit_code == 7
+    assert "does it expect a key?" in str(outcome)
+    assert isinstance(p.node, PrimaryNode) and p.node.failover_event is None
+    _wait(lambda: _events(node.events, "refused"))
+    assert s.thread.is_alive()  # still waiting for its real primary
+    node.stop()
+    assert s.join() == 0
+
+
+def test_a_primary_refuses_checkpoint_and_failover_requests_after_failover(pair) -> None:
+    p, s, p_sock, s_sock = pair
+    _wait(lambda: len(_events(p.node.events, "checkpoint")) >= 2)
+    EngineClient(p_sock).request_failover()
+    _wait(lambda: _events(p.node.events, "failover"))
+    with pytest.raises(RemoteError, match="cannot checkpoint: failover already completed"):
+        EngineClient(p_sock).request_checkpoint()
+    with pytest.raises(RemoteError, match="cannot fail over: failover already completed"):
+        EngineClient(p_sock).request_failover()
