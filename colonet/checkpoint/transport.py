@@ -11,7 +11,9 @@ buffers each direction separately.
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -121,22 +123,32 @@ class Channel:
         if self.auth is not None:
             data = self.auth.seal(data)
         # A body of a gigabyte may take seconds over a slow link; what counts
-        # is progress: a peer that accepts no byte for the silence limit is
-        # gone. (One send() waits at most that long; each returns what fit.)
+        # is progress: bytes taken by send(), or bytes leaving our send queue
+        # (the kernel may keep send() blocked for seconds while its buffer
+        # drains). A peer that takes nothing for the silence limit is gone.
         view = memoryview(data)
         step = self.config.send_chunk_bytes
-        self.sock.settimeout(self._silence_limit_s())
-        offset = 0
+        limit = self._silence_limit_s()
+        self.sock.settimeout(min(0.05, limit))
+        offset, progress_at, queued = 0, time.monotonic(), _unsent_bytes(self.sock)
         try:
             while offset < len(view):
-                offset += self.sock.send(view[offset : offset + step])
-                self._last_sent = time.monotonic()
-        except TimeoutError:
-            self.intact = offset == len(view)
-            raise PeerLost(
-                "heartbeat",
-                f"the peer accepted nothing for {self.config.heartbeat_timeout_ms} ms",
-            ) from None
+                try:
+                    offset += self.sock.send(view[offset : offset + step])
+                except TimeoutError:
+                    now, left = time.monotonic(), _unsent_bytes(self.sock)
+                    if left < queued:
+                        progress_at = now
+                    queued = left
+                    if now - progress_at >= limit:
+                        self.intact = False
+                        raise PeerLost(
+                            "heartbeat",
+                            f"the peer accepted nothing for {self.config.heartbeat_timeout_ms} ms",
+                        ) from None
+                    continue
+                progress_at = self._last_sent = time.monotonic()
+                queued = _unsent_bytes(self.sock)
         except OSError as exc:
             # Part of a frame may be in the socket: nothing sent after it
             # could be read as a frame of its own any more.
@@ -223,3 +235,14 @@ class Channel:
 
     def close(self) -> None:
         self.sock.close()
+
+
+_SIOCOUTQ = 0x5411  # linux/sockios.h: bytes in the send queue, not yet acknowledged
+_INT = struct.Struct("i")
+
+
+def _unsent_bytes(sock: socket.socket) -> int:
+    try:
+        return _INT.unpack(fcntl.ioctl(sock.fileno(), _SIOCOUTQ, bytes(_INT.size)))[0]
+    except OSError:
+        return 0

@@ -204,7 +204,7 @@ def test_large_body_is_sent_despite_short_receive_timeouts(link):
     guest = EmbeddedGuest(EmbeddedGuestConfig(ram_pages=16384, workload_pages_per_s=0))
     guest.ram.write(0, bytes(range(256)) * 16384 * 16)  # 64 MiB of non-zero pages
     applied: dict[int, bytes] = {}
-    quick = ChannelConfig(heartbeat_interval_ms=20, heartbeat_timeout_ms=300)
+    quick = ChannelConfig(heartbeat_interval_ms=50, heartbeat_timeout_ms=1000)
     _, thread, result = _secondary(link[1], applied, quick)
     engine = PrimaryEngine(
         guest,
