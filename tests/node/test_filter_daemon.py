@@ -92,6 +92,25 @@ def test_dump_writes_the_held_frames(daemon, tmp_path) -> None:
     assert [bytes(p) for p in rdpcap(out)] == [FRAME]
 
 
+def test_dump_never_overwrites_a_file_or_follows_a_symlink(daemon, tmp_path, capsys) -> None:
+    _, fakes, path = daemon
+    fakes[0].emit(FRAME, len(FRAME))
+    old = tmp_path / "old.pcapng"
+    old.write_bytes(b"an earlier capture")
+    old.chmod(0o644)
+    link = tmp_path / "link.pcapng"
+    link.symlink_to(old)
+    for out in (old, link):
+        assert main(["filter", "dump", "--socket", path, "--out", str(out)]) == 2
+        assert f"{out} exists; colonet never overwrites a capture" in capsys.readouterr().err
+    assert old.read_bytes() == b"an earlier capture"
+    assert os.stat(old).st_mode & 0o777 == 0o644
+    new = tmp_path / "new.pcapng"
+    assert main(["filter", "dump", "--socket", path, "--out", str(new)]) == 0
+    assert os.stat(new).st_mode & 0o777 == 0o600
+    assert [bytes(p) for p in rdpcap(str(new))] == [FRAME]
+
+
 # -- the commands a person types ---------------------------------------------
 
 
