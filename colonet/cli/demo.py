@@ -91,9 +91,16 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from colonet.demo.report import load_events, render
+    from colonet.demo.report import render
+    from colonet.demo.run_log import load_events
 
-    drawn = render(load_events(args.log), args.out)
+    events = load_events(args.log)
+    try:
+        drawn = render(events, args.out)
+    except (ArithmeticError, ValueError) as exc:
+        # load_events bounds every value the picture reads; this is the net
+        # under it, so a log it missed still ends in a message, not a traceback.
+        raise UsageError(f"cannot draw a timeline from {args.log}: {exc}") from None
     print(
         f"{args.out}: {drawn['checkpoints']} checkpoints, {drawn['applied']} applied, "
         f"{drawn['held_samples']} held samples, {drawn['failovers']} failover event(s)"
