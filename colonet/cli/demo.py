@@ -87,6 +87,9 @@ def run_demo(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print_summary(summary)
+    if "write_error" in summary:
+        # Said, but the exit code stays the verdict's: 1 must mean "violation".
+        print(f"colonet: error: {summary['write_error']}", file=sys.stderr)
     return 0 if summary["verdict"] == "pass" else 1
 
 
