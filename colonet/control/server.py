@@ -195,6 +195,8 @@ class ControlServer:
 
     def _service(self, client: ClientConnection) -> None:
         """One turn for one client: write what waits, read, answer a few."""
+        if self._clients.get(client.sock) is not client:
+            return  # dropped earlier in this same round of events
         try:
             sent = client.flush()
             if client.wants_input:
