@@ -87,13 +87,23 @@ def run_demo(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print_summary(summary)
+    if "write_error" in summary:
+        # Said, but the exit code stays the verdict's: 1 must mean "violation".
+        print(f"colonet: error: {summary['write_error']}", file=sys.stderr)
     return 0 if summary["verdict"] == "pass" else 1
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from colonet.demo.report import load_events, render
+    from colonet.demo.report import render
+    from colonet.demo.run_log import load_events
 
-    drawn = render(load_events(args.log), args.out)
+    events = load_events(args.log)
+    try:
+        drawn = render(events, args.out)
+    except (ArithmeticError, ValueError) as exc:
+        # load_events bounds every value the picture reads; this is the net
+        # under it, so a log it missed still ends in a message, not a traceback.
+        raise UsageError(f"cannot draw a timeline from {args.log}: {exc}") from None
     print(
         f"{args.out}: {drawn['checkpoints']} checkpoints, {drawn['applied']} applied, "
         f"{drawn['held_samples']} held samples, {drawn['failovers']} failover event(s)"

@@ -36,7 +36,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_status)
     p = fsub.add_parser("dump", help="write the packets held now to a pcapng file")
     add_socket(p)
-    p.add_argument("--out", required=True, metavar="FILE", help="e.g. held.pcapng")
+    p.add_argument(
+        "--out", required=True, metavar="FILE", help="a new file, e.g. held.pcapng (mode 0600)"
+    )
     add_json(p)
     p.set_defaults(handler=_dump)
     p = fsub.add_parser("commit", help="release sealed epochs up to EPOCH (default: all)")
@@ -118,7 +120,8 @@ def _add_run(fsub: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--capture-released",
         metavar="FILE",
-        help="append every released epoch to this pcapng file (epoch in each comment)",
+        help="write every released epoch to this new pcapng file, mode 0600 (epoch in each "
+        "comment; refused if FILE exists)",
     )
     run.add_argument(
         "--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics here (off by default)"

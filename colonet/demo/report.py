@@ -1,42 +1,21 @@
 """`colonet report RUN.jsonl --out timeline.png`: a run's epochs at a glance.
 
 The event log is JSON lines, each with `t` (Unix seconds) and `source`
-(primary, secondary, filters, demo), as `colonet demo` writes it. The
-picture, top to bottom: each checkpoint's guest pause (red) and transfer
-(blue) on the time axis with the secondary's applies (green ticks); bytes
-held per netdev; packets released at each commit; vertical lines at the
-kill and at every failover event.
+(primary, secondary, filters, demo), as `colonet demo` writes it, read and
+checked by `colonet.demo.run_log.load_events`. The picture, top to bottom:
+each checkpoint's guest pause (red) and transfer (blue) on the time axis
+with the secondary's applies (green ticks); bytes held per netdev; packets
+released at each commit; vertical lines at the kill and at every failover
+event.
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
 from colonet.errors import UsageError
-
-
-def load_events(path: str) -> list[dict[str, Any]]:
-    events = []
-    try:
-        with open(path) as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    event = json.loads(line)
-                except ValueError as exc:
-                    raise UsageError(f"{path}:{number}: not a JSON line: {exc}") from None
-                if not isinstance(event, dict) or not isinstance(event.get("t"), int | float):
-                    raise UsageError(f"{path}:{number}: an event needs a numeric 't'")
-                events.append(event)
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    if not events:
-        raise UsageError(f"{path} holds no events")
-    return sorted(events, key=lambda e: e["t"])
 
 
 def _of(events: Iterable[dict[str, Any]], source: str, kind: str) -> list[dict[str, Any]]:
@@ -107,8 +86,13 @@ def render(events: list[dict[str, Any]], out: str) -> dict[str, int]:
             va="top", fontsize=8, color="tab:orange",
         )  # fmt: skip
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        # PNG whatever the name ends in: the name is the user's, the format ours.
+        fig.savefig(out, dpi=110, format="png")
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
     return {
         "checkpoints": len(checkpoints),
         "applied": len(applied),

@@ -14,7 +14,6 @@ Everything is removed on exit, on error and on Ctrl-C.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import secrets
@@ -33,6 +32,7 @@ from colonet.demo.actors import (
     filters_held,
 )
 from colonet.demo.consistency import check
+from colonet.demo.output import prepare_out_dir, save_run
 from colonet.errors import ColonetError
 from colonet.net.topology import Topology, run_prefix
 
@@ -146,8 +146,11 @@ def _qemu_args(topo: Topology, config: DemoConfig) -> list[str]:
 
 
 def run_once(config: DemoConfig, out: TextIO | None = None) -> dict[str, Any]:
-    """One demo run in fresh namespaces; the summary (verdict included)."""
+    """One demo run in fresh namespaces; the summary (verdict included, and
+    `write_error` if its log or timeline could not be written)."""
     say = (lambda text: print(text, file=out, flush=True)) if out else (lambda text: None)
+    if config.out_dir:
+        prepare_out_dir(config.out_dir)  # before anything starts: a bad one fails now
     topo = Topology(
         run_prefix(),
         link="tap",
@@ -213,28 +216,15 @@ def run_once(config: DemoConfig, out: TextIO | None = None) -> dict[str, Any]:
         shutil.rmtree(tmpdir, ignore_errors=True)
     summary = _summary(config, primary, secondary, client, killed_at, held)
     if config.out_dir:
-        summary |= write_run(
+        summary |= save_run(
             config.out_dir, primary.events + secondary.events + sampler.events + demo_events,
             summary,
         )  # fmt: skip
-        say(f"demo: run log {summary['run_log']}, timeline {summary['timeline']}")
+        if "write_error" in summary:
+            say(f"demo: {summary['write_error']}")
+        else:
+            say(f"demo: run log {summary['run_log']}, timeline {summary['timeline']}")
     return summary
-
-
-def write_run(out_dir: str, events: list[dict[str, Any]], summary: dict[str, Any]) -> dict:
-    """The run log (JSON lines, by time) and its timeline picture."""
-    from colonet.demo.report import render
-
-    os.makedirs(out_dir, exist_ok=True)
-    log_path = os.path.join(out_dir, "run.jsonl")
-    ordered = sorted(events, key=lambda e: e["t"])
-    ordered.append({"t": time.time(), "source": "demo", "event": "summary", **summary})
-    with open(log_path, "w") as f:
-        for event in ordered:
-            f.write(json.dumps(event) + "\n")
-    picture = os.path.join(out_dir, "timeline.png")
-    render(ordered, picture)
-    return {"run_log": log_path, "timeline": picture}
 
 
 def _wait_first_reply(client: Client, timeout_s: float) -> bool:

@@ -39,6 +39,7 @@ class EngineControl:
         while not self._stop.is_set():
             for key, _ in self.selector.select(0.2):
                 key.data()
+            self.server.sweep()  # a client that stopped reading makes no event
 
     def close(self) -> None:
         self._stop.set()

@@ -26,7 +26,7 @@ from colonet.control.protocol import (
     FailoverRequest,
     Request,
 )
-from colonet.control.server import ControlServer
+from colonet.control.server import SWEEP_PERIOD_S, ControlServer
 from colonet.errors import UsageError
 from colonet.net.owner import only_in_this_process
 
@@ -87,6 +87,8 @@ class FilterDaemon:
     def open(self) -> None:
         if self.control is not None:
             self.control.open(self.selector)
+            # A client that stopped reading makes no event: drop it on a timer.
+            self.every(SWEEP_PERIOD_S, self.control.sweep)
 
     def stop_soon(self) -> None:
         """From a signal handler or another thread: the loop ends promptly."""

@@ -3,16 +3,21 @@ No root: pure inputs, loopback HTTP."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from colonet.buffer.epoch_queue import QueueStats
 from colonet.buffer.status import FilterSetStatus, NetdevStatus
-from colonet.demo.report import load_events, render
+from colonet.cli.main import main
+from colonet.demo.report import render
+from colonet.demo.run_log import load_events
 from colonet.errors import UsageError
 from colonet.node.metrics import EngineMetrics, FilterCollector, serve_metrics
 
@@ -61,6 +66,101 @@ def test_a_bad_log_names_the_fault(tmp_path, content, fault):
     log.write_text(content)
     with pytest.raises(UsageError, match=fault):
         load_events(str(log))
+
+
+# -- `colonet report` on malformed input: exit 2 naming file and line --------
+
+CHECKPOINT = {"source": "primary", "event": "checkpoint", "pause_ms": 1.2, "transfer_ms": 0.8,
+              "total_ms": 3.0}  # fmt: skip
+
+
+def _lines(*events: object) -> bytes:
+    return b"".join((e if isinstance(e, bytes) else json.dumps(e).encode()) + b"\n" for e in events)
+
+
+def _filters(netdevs: object) -> dict:
+    return {"t": T0 + 1, "source": "filters", "event": "filters", "netdevs": netdevs}
+
+
+MALFORMED = [
+    (b"", " holds no events"),
+    (b"\n   \n", " holds no events"),
+    (b"{nope\n", ":1: not a JSON line"),
+    (b"[" * 100_000, ":1: not a JSON line: nested too deep"),
+    (_lines({"t": T0}, b"\xff\xfe"), ":2: not UTF-8 text"),
+    (_lines({"t": T0}, [1, 2]), ":2: an event is a JSON object, got list"),
+    (_lines({"a": 1}), ":1: an event needs a numeric 't'"),
+    (_lines({"t": "soon"}), ":1: 't' must be a number, got \"soon\""),
+    (_lines({"t": True}), ":1: 't' must be a number, got true"),
+    (b'{"t": NaN}\n', ":1: 't' nan is out of range"),
+    (_lines({"t": 1e308}), ":1: 't' 1e+308 is out of range"),
+    (_lines({"t": T0}, {**CHECKPOINT, "t": T0}), None),  # well formed: control
+    (_lines({"t": T0}, {"t": T0, "source": "primary", "event": "checkpoint"}),
+     ":2: a primary checkpoint event needs 'pause_ms'"),
+    (_lines({**CHECKPOINT, "t": T0, "total_ms": "3"}), ":1: 'total_ms' must be a number"),
+    (_lines({**CHECKPOINT, "t": T0, "pause_ms": 1e300}), ":1: 'pause_ms' 1e+300 is out of range"),
+    (_lines({**CHECKPOINT, "t": T0, "released_packets": "x"}),
+     ":1: 'released_packets' must be a number"),
+    (_lines(_filters({})), ":1: 'netdevs' must be a list, got dict"),
+    (_lines(_filters([5])), ":1: netdevs[0] needs a 'netdev' name"),
+    (_lines(_filters([{"held_bytes": 1}])), ":1: netdevs[0] needs a 'netdev' name"),
+    (_lines(_filters([{"netdev": "gst0"}])), ":1: netdevs[0] needs 'held_bytes'"),
+    (_lines(_filters([{"netdev": "gst0", "held_bytes": None}])),
+     ":1: netdevs[0].held_bytes must be a number, got null"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("content", "fault"), MALFORMED)
+def test_report_names_the_file_and_line_of_a_malformed_log(tmp_path, capsys, content, fault):
+    log = tmp_path / "run.jsonl"
+    log.write_bytes(content)
+    out = tmp_path / "timeline.png"
+    code = main(["report", str(log), "--out", str(out)])
+    err = capsys.readouterr().err
+    if fault is None:
+        assert (code, out.exists()) == (0, True), err
+        return
+    assert code == 2
+    assert f"colonet: error: {log}{fault}" in err
+    assert not out.exists()
+
+
+@contextlib.contextmanager
+def as_nobody() -> Iterator[None]:
+    """Lose root's power to read anything, for the length of the block."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def test_report_on_what_is_not_a_readable_file_names_it(tmp_path, capsys):
+    out = str(tmp_path / "timeline.png")
+    missing = tmp_path / "missing.jsonl"
+    assert main(["report", str(missing), "--out", out]) == 2
+    assert f"cannot read {missing}: No such file or directory" in capsys.readouterr().err
+    assert main(["report", str(tmp_path), "--out", out]) == 2
+    assert f"cannot read {tmp_path}: Is a directory" in capsys.readouterr().err
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text(json.dumps({"t": T0}) + "\n")
+    secret.chmod(0)
+    with as_nobody():
+        assert main(["report", str(secret), "--out", "/nonexistent/x.png"]) == 2
+    assert f"cannot read {secret}: Permission denied" in capsys.readouterr().err
+
+
+def test_report_names_an_output_it_cannot_write(tmp_path, capsys):
+    log = tmp_path / "run.jsonl"
+    log.write_text(json.dumps({"t": T0}) + "\n")
+    out = tmp_path / "no" / "such" / "dir.png"
+    assert main(["report", str(log), "--out", str(out)]) == 2
+    assert f"cannot write {out}: No such file or directory" in capsys.readouterr().err
 
 
 def test_filter_and_checkpoint_metrics_are_exposed():

@@ -111,3 +111,31 @@ def test_demo_interrupted_tears_everything_down():
     assert proc.returncode == 130
     assert "interrupted, tearing down" in out
     assert not {ns for ns in _namespaces() if ns.startswith(run_prefix_of(proc.pid))}
+
+
+def test_demo_keeps_its_verdict_when_its_out_dir_goes_away_during_the_run(tmp_path):
+    out_dir = tmp_path / "demo"
+    proc = subprocess.Popen(
+        colonet_argv(
+            "demo", "--duration", "3", "--kill-after", "1.5", "--out-dir", str(out_dir), "--json"
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    progress = []
+    for line in proc.stderr:  # with --json the progress goes to stderr
+        progress.append(line)
+        if "primary killed" in line:
+            break
+    out_dir.rmdir()  # checked writable at the start (and left empty), now gone
+    out_dir.write_text("not a directory any more")
+    out, err = proc.communicate(timeout=180)
+    summary = json.loads(out.splitlines()[-1])
+    # The verdict is printed and decides the exit code; the write error is said too.
+    assert proc.returncode == 0, ("".join(progress), err)
+    assert summary["verdict"] == "pass"
+    assert summary["write_error"].startswith(f"could not write the run log in {out_dir}: ")
+    assert f"colonet: error: could not write the run log in {out_dir}" in err
+    assert out_dir.read_text() == "not a directory any more"

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -20,6 +22,7 @@ from colonet.control.client import FilterClient
 from colonet.control.protocol import RemoteError
 from colonet.node.filter_daemon import FilterDaemon
 from tests.buffer.test_filter import FakeBackend
+from tests.control.slow import STATUS, Flooder, read_until_closed
 
 FRAME = bytes(Ether(dst="02:00:00:00:00:02", src="02:00:00:00:00:01") / (b"x" * 50))
 
@@ -89,6 +92,25 @@ def test_dump_writes_the_held_frames(daemon, tmp_path) -> None:
     assert [bytes(p) for p in rdpcap(out)] == [FRAME]
 
 
+def test_dump_never_overwrites_a_file_or_follows_a_symlink(daemon, tmp_path, capsys) -> None:
+    _, fakes, path = daemon
+    fakes[0].emit(FRAME, len(FRAME))
+    old = tmp_path / "old.pcapng"
+    old.write_bytes(b"an earlier capture")
+    old.chmod(0o644)
+    link = tmp_path / "link.pcapng"
+    link.symlink_to(old)
+    for out in (old, link):
+        assert main(["filter", "dump", "--socket", path, "--out", str(out)]) == 2
+        assert f"{out} exists; colonet never overwrites a capture" in capsys.readouterr().err
+    assert old.read_bytes() == b"an earlier capture"
+    assert os.stat(old).st_mode & 0o777 == 0o644
+    new = tmp_path / "new.pcapng"
+    assert main(["filter", "dump", "--socket", path, "--out", str(new)]) == 0
+    assert os.stat(new).st_mode & 0o777 == 0o600
+    assert [bytes(p) for p in rdpcap(str(new))] == [FRAME]
+
+
 # -- the commands a person types ---------------------------------------------
 
 
@@ -121,3 +143,47 @@ def test_a_command_without_a_server_names_the_socket(tmp_path, capsys) -> None:
     path = str(tmp_path / "none.sock")
     assert main(["filter", "status", "--socket", path]) == 4
     assert f"no control socket at {path}" in capsys.readouterr().err
+
+
+# -- clients that do not read their replies (issue 15 item 6) ----------------
+
+
+def test_checkpoints_stay_quick_while_clients_that_never_read_hammer_status(daemon) -> None:
+    _, _, path = daemon
+    client = FilterClient(path)
+    took = []
+    with Flooder(path), Flooder(path):
+        time.sleep(0.3)  # both have filled their socket buffers by now
+        for _ in range(30):
+            start = time.monotonic()
+            epoch = client.begin_checkpoint()
+            assert client.commit(epoch).epoch == epoch
+            took.append(time.monotonic() - start)
+            if took[-1] > 0.25:
+                break  # failed already; do not wait out 30 slow rounds
+    # The old loop blocked 2 s in a reply to each flooder: an engine waiting
+    # for its commit missed heartbeats and its secondary took over.
+    assert max(took) < 0.25, took
+
+
+def test_the_daemon_drops_a_client_that_stopped_reading_on_its_own(daemon, caplog) -> None:
+    d, _, path = daemon
+    assert d.control is not None
+    d.control.stall_timeout_s = 0.3
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    sock.setblocking(False)
+    try:
+        while True:
+            sock.send(STATUS * 1000)
+    except BlockingIOError:
+        pass
+    # Nothing else happens on the socket: the daemon's own timer drops it.
+    deadline = time.monotonic() + 3
+    while not d.control.dropped and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (d.control.dropped, d.control.connections) == (1, 0)
+    assert read_until_closed(sock, 5) < 5  # queued replies, then the end
+    sock.close()
+    assert "has not read its replies for" in caplog.text
+    assert FilterClient(path).status().open_epoch == 1
