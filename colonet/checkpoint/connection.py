@@ -94,9 +94,12 @@ class Connection:
 
     def data_to_send(self) -> bytes:
         """Every byte queued since the last call."""
-        data = b"".join(self._outgoing)
-        self._outgoing.clear()
-        return data
+        return b"".join(self.frames_to_send())
+
+    def frames_to_send(self) -> list[bytes]:
+        """Every frame queued since the last call, in order (no copy of a body)."""
+        frames, self._outgoing = self._outgoing, []
+        return frames
 
     # -- what both ends send
 
@@ -113,13 +116,23 @@ class Connection:
 
     def send_heartbeat(self) -> int:
         """Queue a HEARTBEAT; returns its sequence number."""
+        frame, seq = self._next_heartbeat()
+        self._outgoing.append(frame)
+        return seq
+
+    def heartbeat_frame(self) -> bytes:
+        """A HEARTBEAT's bytes, not queued: for a caller that writes it out at
+        once while the owner is busy (it shares the sequence numbers, so the
+        caller keeps the two from running at the same time)."""
+        return self._next_heartbeat()[0]
+
+    def _next_heartbeat(self) -> tuple[bytes, int]:
         self._check_usable("send_heartbeat")
         if self.local_hello is None:
             raise LocalProtocolError("send_heartbeat before send_hello")
         seq = self._heartbeat_out
         self._heartbeat_out += 1
-        self._send(Heartbeat(seq))
-        return seq
+        return encode_message(Heartbeat(seq)), seq
 
     # -- helpers
 

@@ -177,17 +177,17 @@ class PrimaryEngine:
         self.guest.pause()
         paused_at, paused = time.perf_counter(), True
         try:
-            with self.channel.busy():  # heartbeats go on while we copy and encode
+            with self.channel.busy():  # heartbeats go on while we copy, encode, frame
                 snapshot, dirty_pages, digest = self._capture(epoch, full)
                 if self.config.speculative:
                     self.guest.resume()
                     paused = False
                 pause_ms = (time.perf_counter() - paused_at) * 1000
                 body = snapshot.encode()
-            # A takeover notice may have come in with the reply: it wins
-            # (TakenOver), and this epoch is never released.
-            self._take_pending("before sending a checkpoint")
-            self.proto.send_checkpoint(epoch, body, self.config.chunk_size)
+                # A takeover notice may have come in with the reply: it wins
+                # (TakenOver), and this epoch is never released.
+                self._take_pending("before sending a checkpoint")
+                self.proto.send_checkpoint(epoch, body, self.config.chunk_size)
             transfer_ms, released = self._commit_when_safe(epoch)
         finally:
             if paused:  # strict mode: until loaded, or until it failed

@@ -117,9 +117,20 @@ class Channel:
             self._flush_locked()
 
     def _flush_locked(self) -> None:
-        data = self.proto.data_to_send()
-        if not data:
-            return
+        # Frame by frame (a body is many 1 MiB frames): bytes start to flow
+        # at once instead of after copying and sealing the whole body.
+        batch: list[bytes] = []
+        size = 0
+        for frame in self.proto.frames_to_send():
+            batch.append(frame)
+            size += len(frame)
+            if size >= self.config.send_chunk_bytes:
+                self._write_locked(b"".join(batch))
+                batch, size = [], 0
+        if batch:
+            self._write_locked(b"".join(batch))
+
+    def _write_locked(self, data: bytes) -> None:
         if self.auth is not None:
             data = self.auth.seal(data)
         # A body of a gigabyte may take seconds over a slow link; what counts
@@ -160,9 +171,10 @@ class Channel:
 
     @contextmanager
     def busy(self) -> Iterator[None]:
-        """While the caller computes (encodes, stages, applies) and reads
-        nothing, a thread keeps sending heartbeats so the peer does not take
-        the silence for a loss. Nothing else may use the channel meanwhile."""
+        """While the caller computes (encodes, frames, stages, applies) and
+        reads nothing, a thread keeps sending heartbeats so the peer does not
+        take the silence for a loss. The caller may still queue frames and
+        flush; the two share the send lock."""
         stop = threading.Event()
         interval = self.config.heartbeat_interval_ms / 1000
 
@@ -172,8 +184,9 @@ class Channel:
                     with self._send_lock:
                         if self.proto.local_hello is None or not self.intact:
                             return
-                        self.proto.send_heartbeat()
-                        self._flush_locked()
+                        # Straight to the socket: the owner may be filling the
+                        # protocol's queue meanwhile (framing a body).
+                        self._write_locked(self.proto.heartbeat_frame())
                 except (PeerLost, ColonetError):
                     return  # the caller finds out at its next send or receive
 
@@ -192,8 +205,9 @@ class Channel:
         while not self._events:
             now = time.monotonic()
             if now - self._last_sent >= interval and self.proto.local_hello is not None:
-                self.proto.send_heartbeat()
-                self.flush()
+                with self._send_lock:  # heartbeat numbers are shared with busy()
+                    self.proto.send_heartbeat()
+                    self._flush_locked()
             if now - self._last_heard >= self._silence_limit_s():
                 # Frames may be waiting while we were busy: read them first.
                 self._receive(0.0)
