@@ -21,6 +21,10 @@ class UnknownNetdevError(UsageError):
     """A netdev named on the command line or in a request does not exist."""
 
 
+class NetdevBusyError(UsageError):
+    """Another live colonet already buffers this netdev."""
+
+
 class PrivilegeError(ColonetError):
     """The process lacks a capability the operation needs."""
 
@@ -39,5 +43,12 @@ class RemoteRequestError(UsageError):
 
 class KernelSetupError(ColonetError):
     """Installing or removing kernel state (rules, queues, links) failed."""
+
+    exit_code = 5
+
+
+class SteeringLostError(ColonetError):
+    """Something outside colonet removed a filter's kernel steering while it
+    ran: the filter releases nothing more (docs/DESIGN.md invariant 7)."""
 
     exit_code = 5

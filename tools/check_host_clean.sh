@@ -2,7 +2,7 @@
 # Fails (exit 1) if colonet left anything on this host: a namespace named
 # like a test run's (cn<pid>x<n>...), an iptables rule tagged colonet, a
 # colonet capture tap or release veth, a stale filter on a root-namespace
-# link, or a QEMU it started. Run after the test suite (.ci/run does, twice).
+# link, a netdev lock file under /run/colonet, or a QEMU it started. Run after the test suite (.ci/run does, twice).
 set -u
 bad=0
 ns=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^cn[0-9]+x' || true)
@@ -13,11 +13,13 @@ for tool in iptables-save ip6tables-save; do
 done
 links=$(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | grep -E '^cn[cr][0-9]' || true)
 [ -n "$links" ] && { echo "leaked colonet links: $links"; bad=1; }
+locks=$(ls "${COLONET_RUN_DIR:-/run/colonet}" 2>/dev/null | grep -E '\.lock$' || true)
+[ -n "$locks" ] && { echo "leaked colonet lock files: $locks"; bad=1; }
 if pgrep -f 'qemu-system-x86_64 .*colonet.ip=' >/dev/null; then
     echo "a QEMU guest of colonet's is still running"; bad=1
 fi
 if pgrep -f 'colonet\.net\.tap_relay' >/dev/null; then
     echo "a tap relay of colonet's is still running"; bad=1
 fi
-[ "$bad" -eq 0 ] && echo "host clean: no namespace, rule, link or process of colonet's left"
+[ "$bad" -eq 0 ] && echo "host clean: no namespace, rule, link, lock file or process of colonet's left"
 exit "$bad"

@@ -11,6 +11,7 @@ from colonet.buffer.epoch_queue import BufferLimits
 from colonet.buffer.filter import Filter
 from colonet.buffer.filter_set import FilterSet
 from colonet.errors import KernelSetupError, UsageError
+from colonet.net.owner import NetdevClaims, claim_netdevs
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +23,16 @@ def attach_filters(
     limits: BufferLimits | None = None,
     options: BackendOptions | None = None,
     on_high_water: Callable[[str], None] | None = None,
+    claim: Callable[[Sequence[str]], NetdevClaims] | None = None,
 ) -> FilterSet:
     """Build and start one filter per netdev; all or none are attached.
 
-    Every netdev is looked up (each backend's `open`) before anything is
-    installed, so a typo in the last name changes nothing on the host.
+    Every netdev is looked up (each backend's `open`) and claimed for this
+    process (`colonet.net.owner`: a netdev another live colonet buffers is
+    refused, whatever either backend) before anything is installed, so a
+    typo in the last name, or a taken netdev, changes nothing on the host.
+    The claims last while the filter set steers: until it stops or fails
+    over as primary.
     `auto` tries the backends of `registry.AUTO_ORDER` in turn on each
     netdev (every frame where the kernel allows it, else IP packets only)
     and says so in the log; `status` names the one in use.
@@ -43,15 +49,19 @@ def attach_filters(
     filters = [
         Filter(name, first.open(name, limits, options), limits, on_high_water) for name in netdevs
     ]
+    claims = (claim or claim_netdevs)(netdevs)
     started: list[Filter] = []
     try:
         for f in filters:
             started.append(_start(f, order[1:], limits, options, on_high_water))
     except BaseException:
-        for f in reversed(started):
-            f.stop()
+        try:
+            for f in reversed(started):
+                f.stop()
+        finally:
+            claims.release()
         raise
-    return FilterSet(started)
+    return FilterSet(started, on_unsteered=claims.release)
 
 
 def _start(

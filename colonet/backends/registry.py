@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from colonet.buffer.backend import Backend, BackendOptions
 from colonet.buffer.epoch_queue import BufferLimits
+from colonet.net.owner import remove_stale_locks
 from colonet.registry import Registry
 
 AUTO = "auto"
@@ -61,8 +62,10 @@ def preference(name: str) -> tuple[str, ...]:
 
 
 def cleanup_all(force: bool = False) -> list[str]:
-    """Remove what crashed filters of every backend left (`colonet cleanup`)."""
+    """Remove what crashed filters of every backend left (`colonet cleanup`),
+    then the lock files no live filter holds (never a live one's, even
+    with `force`: it still runs, and still owns its netdev)."""
     removed: list[str] = []
     for name in names():
         removed += get(name).cleanup(force)
-    return removed
+    return removed + remove_stale_locks()

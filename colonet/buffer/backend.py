@@ -42,7 +42,21 @@ class Backend(Protocol):
         """Destroy `packets`; they never leave the host."""
 
     def stop(self) -> None:
-        """Remove everything `start` installed; packets still held are dropped."""
+        """Remove everything `start` installed; packets still held are dropped.
+
+        Tolerates pieces already gone (removed from outside, see `check`)."""
+
+    def check(self) -> list[str]:
+        """What of the kernel state `start` installed is missing now, one
+        phrase per piece ("the clsact qdisc on tap0"); empty when all is in
+        place. Called every ~200 ms from the filter's loop, so it must be
+        cheap and must not block. A piece it cannot verify counts as missing.
+        """
+
+    def reinstall_steering(self) -> None:
+        """After `check` found pieces missing: install them again, so that
+        the netdev's output comes to colonet (and is dropped there) instead
+        of leaving unbuffered. Raises if the kernel refuses."""
 
 
 @dataclass(frozen=True)

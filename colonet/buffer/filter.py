@@ -2,20 +2,23 @@
 
 The filter is where the hook operations meet the kernel: `seal` drains the
 backend first (the epoch barrier), `commit` hands released packets back to
-the backend in order, `failover` decides the fate of everything held.
+the backend in order, `failover` decides the fate of everything held, and
+`check_steering` notices kernel steering removed from outside colonet.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from colonet.buffer.backend import Backend
 from colonet.buffer.epoch_queue import BufferLimits, EpochQueue
 from colonet.buffer.hooks import FailoverRole
 from colonet.buffer.status import NetdevStatus
-from colonet.errors import UsageError
+from colonet.errors import SteeringLostError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +27,55 @@ class FilterState(StrEnum):
     BUFFERING = "buffering"
     PASSTHROUGH = "passthrough"  # failed over as primary: packets flow
     DISCARDING = "discarding"  # failed over as secondary: new packets die
+    # Steering removed from outside colonet: nothing more is released, new
+    # packets die, the steering is put back to keep the netdev closed.
+    STEERING_LOST = "steering-lost"
     STOPPED = "stopped"
+
+
+# States in which colonet's steering must be in the kernel.
+STEERED = (FilterState.BUFFERING, FilterState.DISCARDING, FilterState.STEERING_LOST)
 
 
 class NotBufferingError(UsageError):
     """A checkpoint or commit reached a filter that no longer buffers."""
+
+
+@dataclass(frozen=True, slots=True)
+class SteeringLoss:
+    """Kernel steering of one netdev found missing (docs/DESIGN.md invariant 7)."""
+
+    netdev: str
+    backend: str
+    missing: tuple[str, ...]
+    reinstall_error: str | None  # None: put back, the netdev is closed again
+    held_packets: int  # still held, never to be released
+
+    @property
+    def detail(self) -> str:
+        return f"vanished: {'; '.join(self.missing)}"
+
+    @property
+    def action(self) -> str:
+        if self.reinstall_error is None:
+            return (
+                "steering re-installed so the netdev stays closed; "
+                "nothing more is released, new output is dropped"
+            )
+        return (
+            f"re-installing the steering failed ({self.reinstall_error}): the netdev "
+            "may pass output unbuffered; nothing more is released"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event": "steering-lost",
+            "netdev": self.netdev,
+            "backend": self.backend,
+            "detail": self.detail,
+            "action": self.action,
+            "held_packets": self.held_packets,
+        }
 
 
 class Filter:
@@ -44,6 +91,10 @@ class Filter:
         self.state = FilterState.STOPPED
         self.passed_through = 0
         self.dropped_after_failover = 0
+        self.dropped_after_steering_lost = 0
+        self.steering_losses = 0
+        self.reason: str | None = None  # why the filter no longer buffers
+        self._missing: tuple[str, ...] = ()  # what the last check found gone
         self.queue: EpochQueue[object] = EpochQueue(
             limits, on_high_water=(lambda: on_high_water(netdev)) if on_high_water else None
         )
@@ -66,6 +117,8 @@ class Filter:
         else:
             if self.state is FilterState.DISCARDING:
                 self.dropped_after_failover += 1
+            elif self.state is FilterState.STEERING_LOST:
+                self.dropped_after_steering_lost += 1
             self.backend.drop([packet])
 
     @property
@@ -77,6 +130,13 @@ class Filter:
         return self.queue.last_sealed
 
     def require_buffering(self, action: str) -> None:
+        if self.state is FilterState.STEERING_LOST:
+            raise SteeringLostError(
+                f"cannot {action}: colonet's {self.backend.name} steering of {self.netdev} "
+                f"was removed from outside colonet ({self.reason}); this filter releases "
+                "nothing more: stop it (what it holds is dropped, never released) and "
+                "start a new one"
+            )
         if self.state is not FilterState.BUFFERING:
             raise NotBufferingError(
                 f"cannot {action}: the filter on {self.netdev} is {self.state.value}, not buffering"
@@ -124,11 +184,48 @@ class Filter:
             self.state = FilterState.DISCARDING
         return len(packets)
 
+    def check_steering(self) -> SteeringLoss | None:
+        """Is the backend's kernel steering still in place? (invariant 7)
+
+        Something outside colonet (a firewall reload, `tc qdisc del`, a
+        `colonet cleanup --force`) may remove it while the guest runs; its
+        output would then leave unbuffered. A filter that finds a piece
+        missing stops for good: it releases nothing more (commits are
+        refused), drops what arrives, and puts the steering back so the
+        netdev stays closed. Returns a loss when something newly vanished
+        (the caller reports it), None otherwise.
+        """
+        if self.state not in STEERED:
+            return None
+        try:
+            missing = tuple(self.backend.check())
+        except Exception as exc:  # cannot verify: as bad as gone
+            missing = (f"colonet's steering of {self.netdev} (cannot check it: {exc})",)
+        if not missing:
+            self._missing = ()
+            return None
+        new = any(m not in self._missing for m in missing)
+        self._missing = missing
+        self.state = FilterState.STEERING_LOST
+        error = None
+        try:
+            self.backend.reinstall_steering()
+        except Exception as exc:  # reported; retried at the next check
+            error = str(exc) or type(exc).__name__
+        if not new:
+            if error is not None:
+                log.debug("%s: re-installing the steering failed again: %s", self.netdev, error)
+            return None
+        self.steering_losses += 1
+        loss = SteeringLoss(self.netdev, self.backend.name, missing, error, self.queue.held_packets)
+        self.reason = loss.detail
+        return loss
+
     def stop(self) -> None:
         """Detach. Uncommitted packets are dropped, never released: their
         checkpoint was not acknowledged, so releasing them could show the
         world a state a secondary never had."""
-        if self.state in (FilterState.BUFFERING, FilterState.DISCARDING):
+        if self.state in STEERED:
             self.state = FilterState.STOPPED
             self.backend.drain()
             self.backend.drop(self.queue.discard())
@@ -144,5 +241,8 @@ class Filter:
             queue=self.queue.stats(),
             passed_through_packets=self.passed_through,
             dropped_after_failover_packets=self.dropped_after_failover,
+            dropped_after_steering_lost_packets=self.dropped_after_steering_lost,
+            steering_losses=self.steering_losses,
+            reason=self.reason,
             backend_details=describe() if describe is not None else {},
         )

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from colonet.buffer.epoch_queue import EpochError
-from colonet.buffer.filter import Filter, FilterState
+from colonet.buffer.filter import STEERED, Filter, SteeringLoss
 from colonet.buffer.hooks import CommitResult, EpochMismatchError, FailoverResult, FailoverRole
 from colonet.buffer.status import FilterSetStatus
 from colonet.errors import UsageError
@@ -24,12 +24,19 @@ log = logging.getLogger(__name__)
 
 class FilterSet:
     def __init__(
-        self, filters: Sequence[Filter], clock: Callable[[], float] = time.monotonic
+        self,
+        filters: Sequence[Filter],
+        clock: Callable[[], float] = time.monotonic,
+        on_unsteered: Callable[[], None] | None = None,
     ) -> None:
         if not filters:
             raise UsageError("a filter set needs at least one netdev")
         self.filters = list(filters)
         self.clock = clock
+        # Run once no filter steers its netdev any more (all stopped, or
+        # failed over as primary): lets go of the claims on the netdevs
+        # (`colonet.backends.attach`), only after the steering went.
+        self._on_unsteered = on_unsteered
         # When each epoch opened: the age of the oldest unreleased epoch is
         # how long its first packet may have waited.
         self._opened_at: dict[int, float] = {self.open_epoch: clock()}
@@ -106,6 +113,8 @@ class FilterSet:
         for f in self.filters:
             f.require_buffering(f"fail over as {role.value}")
         result = FailoverResult(role, sum(f.failover(role) for f in self.filters))
+        if role is FailoverRole.PRIMARY:
+            self._unsteered()  # passthrough: the netdevs are free for another colonet
         log.warning(
             "failover as %s: %s %d held packet(s), buffering stopped",
             role.value,
@@ -114,6 +123,13 @@ class FilterSet:
         )
         return result
 
+    def check_steering(self) -> list[SteeringLoss]:
+        """Check every filter's kernel steering (docs/DESIGN.md invariant 7);
+        the losses found since the last check, for the caller to report. A
+        filter that lost its steering refuses every later commit, and a
+        commit checks all filters first, so the whole set stops releasing."""
+        return [loss for f in self.filters if (loss := f.check_steering()) is not None]
+
     def stop(self) -> None:
         errors = []
         for f in self.filters:
@@ -121,14 +137,23 @@ class FilterSet:
                 f.stop()
             except Exception as exc:  # keep removing the others
                 errors.append(f"{f.netdev}: {exc}")
+        self._unsteered()
         if errors:
             raise UsageError("stopping filters: " + "; ".join(errors))
+
+    def _unsteered(self) -> None:
+        on_unsteered, self._on_unsteered = self._on_unsteered, None
+        if on_unsteered is not None:
+            on_unsteered()
 
     # -- event loop glue --------------------------------------------------
 
     def fds(self) -> dict[int, Filter]:
-        steering = (FilterState.BUFFERING, FilterState.DISCARDING)
-        return {f.backend.fileno(): f for f in self.filters if f.state in steering}
+        """The fds to read, of filters whose steering brings them packets
+        (a backend whose fd died answers -1)."""
+        fds = {f.backend.fileno(): f for f in self.filters if f.state in STEERED}
+        fds.pop(-1, None)
+        return fds
 
     def status(self, high_water_requests: int = 0) -> FilterSetStatus:
         netdevs = tuple(f.status() for f in self.filters)

@@ -25,6 +25,9 @@ class NetdevStatus:
     queue: QueueStats
     passed_through_packets: int = 0
     dropped_after_failover_packets: int = 0
+    dropped_after_steering_lost_packets: int = 0
+    steering_losses: int = 0  # times colonet found its steering removed from outside
+    reason: str | None = None  # why the filter no longer buffers (steering-lost)
     backend_details: Mapping[str, object] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -36,6 +39,9 @@ class NetdevStatus:
             state=self.state,
             passed_through_packets=self.passed_through_packets,
             dropped_after_failover_packets=self.dropped_after_failover_packets,
+            dropped_after_steering_lost_packets=self.dropped_after_steering_lost_packets,
+            steering_losses=self.steering_losses,
+            reason=self.reason,
         )
         body.update(self.backend_details)
         return body
@@ -54,6 +60,9 @@ class NetdevStatus:
             queue=queue,
             passed_through_packets=body.get("passed_through_packets", 0),
             dropped_after_failover_packets=body.get("dropped_after_failover_packets", 0),
+            dropped_after_steering_lost_packets=body.get("dropped_after_steering_lost_packets", 0),
+            steering_losses=body.get("steering_losses", 0),
+            reason=body.get("reason"),
             backend_details={k: v for k, v in body.items() if k not in known},
         )
 

@@ -151,8 +151,7 @@ def run_primary(args: argparse.Namespace) -> int:
             duration_s=args.duration,
         )
     )
-    signal.signal(signal.SIGTERM, only_in_this_process(lambda *_: node.stop()))
-    return node.run()
+    return _run_with_handler(node.run, lambda *_: node.stop())
 
 
 def run_secondary(args: argparse.Namespace) -> int:
@@ -169,8 +168,17 @@ def run_secondary(args: argparse.Namespace) -> int:
         if node.guest is None:  # not running the guest: just leave
             raise SystemExit(143)
 
-    signal.signal(signal.SIGTERM, only_in_this_process(on_term))
-    return node.run()
+    return _run_with_handler(node.run, on_term)
+
+
+def _run_with_handler(run, on_term) -> int:  # type: ignore[no-untyped-def]
+    """`run()` with SIGTERM handled by `on_term`; the old handler put back
+    after (the command may run inside a longer-lived process, e.g. a test)."""
+    old = signal.signal(signal.SIGTERM, only_in_this_process(on_term))
+    try:
+        return run()
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _request_checkpoint(args: argparse.Namespace) -> int:

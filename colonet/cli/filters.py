@@ -211,16 +211,18 @@ def format_status(status: FilterSetStatus) -> str:
         f"high-water requests {status.high_water_requests}"
     ]
     lines.append(
-        f"{'netdev':<12}{'backend':<9}{'state':<12}{'held pkts':>10}{'held B':>11}"
+        f"{'netdev':<12}{'backend':<9}{'state':<14}{'held pkts':>10}{'held B':>11}"
         f"{'released':>10}{'discarded':>10}{'tail-drop':>10}"
     )
     for n in status.netdevs:
         q = n.queue
         lines.append(
-            f"{n.netdev:<12}{n.backend:<9}{n.state:<12}{q.held_packets:>10}"
+            f"{n.netdev:<12}{n.backend:<9}{n.state:<14}{q.held_packets:>10}"
             f"{q.held_bytes:>11}{q.released_packets:>10}{q.discarded_packets:>10}"
             f"{q.tail_dropped_packets:>10}"
         )
+        if n.reason:
+            lines.append(f"  {n.state}: {n.reason}")
         for e in q.epochs:
             tag = "sealed" if e.sealed else "open"
             lines.append(

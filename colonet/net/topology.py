@@ -24,7 +24,8 @@ from typing import Literal
 
 from pyroute2 import NetNS, netns
 
-from colonet.net.netns import write_sysctl
+from colonet.net.netns import netns_path, write_sysctl
+from colonet.net.owner import remove_stale_locks
 
 IFA_F_NODAD = 0x02
 LinkKind = Literal["veth", "tap"]
@@ -307,7 +308,11 @@ class Topology:
         self.relay = self.standby_relay = None
         for name in reversed(self._made):
             with contextlib.suppress(OSError):
+                inode = os.stat(netns_path(name)).st_ino
                 netns.remove(name)
+                # A filter killed with its engine (SIGKILL) leaves its lock
+                # file; the namespace it named is gone, so is any use for it.
+                remove_stale_locks(netns=inode)
         self._made.clear()
 
     def __enter__(self) -> Topology:

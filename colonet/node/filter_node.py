@@ -9,8 +9,10 @@ from colonet.backends.attach import attach_filters
 from colonet.buffer.backend import BackendOptions
 from colonet.buffer.capture import ReleasedCapture
 from colonet.control.server import claim_socket_path
+from colonet.net.change_watch import ChangeWatch
 from colonet.net.privilege import require_net_admin
 from colonet.node.config import FilterConfig
+from colonet.node.events import EventSink
 from colonet.node.filter_daemon import FilterDaemon
 from colonet.node.metrics import serve_metrics
 
@@ -18,7 +20,8 @@ log = logging.getLogger(__name__)
 
 
 def run_filter_node(config: FilterConfig) -> int:
-    """Buffer `config.netdevs` until SIGINT/SIGTERM; prints a ready line first."""
+    """Buffer `config.netdevs` until a stop signal; prints a ready line first,
+    then one line per event (steering lost), then a stopped line."""
     require_net_admin("colonet filter run")
     # Refuse a taken socket path before anything is installed.
     claim_socket_path(config.control_socket)
@@ -33,7 +36,9 @@ def run_filter_node(config: FilterConfig) -> int:
         ),
         on_high_water=lambda netdev: daemon.on_high_water(netdev) if daemon else None,
     )
-    daemon = FilterDaemon(filters, config.control_socket)
+    daemon = FilterDaemon(
+        filters, config.control_socket, EventSink(config.json_events), watch=ChangeWatch.open()
+    )
     capture = None
     try:
         if config.capture_released:
@@ -44,13 +49,14 @@ def run_filter_node(config: FilterConfig) -> int:
         backends = {f.netdev: f.backend.name for f in filters.filters}
         ready = {"event": "ready", "socket": config.control_socket, "backends": backends}
         attached = ", ".join(f"{netdev} ({kind})" for netdev, kind in backends.items())
-        print(
-            json.dumps(ready)
-            if config.json_events
-            else f"colonet: buffering {attached}; control socket {config.control_socket}",
-            flush=True,
+        daemon.run(
+            on_ready=lambda: print(
+                json.dumps(ready)
+                if config.json_events
+                else f"colonet: buffering {attached}; control socket {config.control_socket}",
+                flush=True,
+            )
         )
-        daemon.run()
     finally:
         daemon.close()
         if capture is not None:

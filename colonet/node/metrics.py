@@ -16,12 +16,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from colonet.buffer.filter import FilterState
 from colonet.buffer.status import FilterSetStatus
 from colonet.errors import ColonetError
 
 # Pauses of an embedded guest are ~1 ms, of a QEMU VM ~100 ms; transfers
 # reach seconds on a slow link.
 _BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+STEERING_LOST = FilterState.STEERING_LOST.value
 _NETDEV_COUNTERS = (
     ("released_packets", "colonet_filter_released_packets", "Packets released at commits"),
     ("discarded_packets", "colonet_filter_discarded_packets", "Packets discarded (failover/stop)"),
@@ -54,14 +56,31 @@ class FilterCollector(Collector):
             key: CounterMetricFamily(name, text, labels=["netdev"])
             for key, name, text in _NETDEV_COUNTERS
         }
+        # docs/DESIGN.md invariant 7: an alert on this gauge catches steering
+        # removed from outside colonet (the filter then releases nothing).
+        lost = GaugeMetricFamily(
+            "colonet_filter_steering_lost",
+            "1 when the netdev's steering was removed from outside colonet: "
+            "the filter releases nothing more",
+            labels=["netdev"],
+        )
+        losses = CounterMetricFamily(
+            "colonet_filter_steering_losses",
+            "Times colonet found the netdev's steering removed from outside",
+            labels=["netdev"],
+        )
         for n in status.netdevs:
             held_p.add_metric([n.netdev], n.queue.held_packets)
             held_b.add_metric([n.netdev], n.queue.held_bytes)
             for key, family in counters.items():
                 family.add_metric([n.netdev], getattr(n.queue, key))
+            lost.add_metric([n.netdev], 1 if n.state == STEERING_LOST else 0)
+            losses.add_metric([n.netdev], n.steering_losses)
         yield held_p
         yield held_b
         yield from counters.values()
+        yield lost
+        yield losses
         age = GaugeMetricFamily(
             "colonet_filter_oldest_epoch_age_seconds",
             "How long the oldest epoch still held has been open",

@@ -8,13 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from colonet.backends import registry
+from colonet.backends import attach, registry
 from colonet.backends.attach import attach_filters
 from colonet.buffer.backend import Backend, BackendOptions
 from colonet.buffer.epoch_queue import BufferLimits
 from colonet.buffer.hooks import CommitResult
 from colonet.cli.main import build_parser
-from colonet.errors import KernelSetupError, UnknownNetdevError, UsageError
+from colonet.errors import KernelSetupError, NetdevBusyError, UnknownNetdevError, UsageError
+from colonet.net.owner import RUN_DIR_ENV, NetdevClaims
 from tests.buffer.test_filter import FakeBackend
 
 NETDEVS = {"gst0", "gst1"}
@@ -44,6 +45,32 @@ class Double:
     def cleanup(self, force: bool) -> list[str]:
         self.cleaned.append(force)
         return [f"{self.name} leftovers"]
+
+
+class Claims:
+    """Stands in for the netdev locks (colonet.net.owner): records who
+    claimed what and when it was let go, or refuses a netdev as taken."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.taken: set[str] = set()
+
+    def __call__(self, netdevs: list[str]) -> NetdevClaims:
+        busy = [n for n in netdevs if n in self.taken]
+        if busy:
+            raise NetdevBusyError(f"netdev {busy[0]} is already buffered by another colonet")
+        self.log.append(f"claim {','.join(netdevs)}")
+        claims = NetdevClaims([])
+        claims.release = lambda: self.log.append(f"release {','.join(netdevs)}")  # type: ignore[method-assign]
+        return claims
+
+
+@pytest.fixture(autouse=True)
+def claims(monkeypatch, tmp_path) -> Claims:  # type: ignore[no-untyped-def]
+    fake = Claims([])
+    monkeypatch.setattr(attach, "claim_netdevs", fake)
+    monkeypatch.setenv(RUN_DIR_ENV, str(tmp_path))  # what cleanup sweeps
+    return fake
 
 
 @pytest.fixture
@@ -115,3 +142,49 @@ def test_the_builtin_backends_come_from_their_modules() -> None:
     assert registry.get("tap").name == "tap"
     assert registry.get("nfqueue").name == "nfqueue"
     assert registry.choices()[0] == "auto"
+
+
+# -- ownership: a netdev another colonet holds is refused first --------------
+
+
+class LoggingBackend(FakeBackend):
+    """Logs its start into the shared claims log, to see the order."""
+
+    journal: list[str] = []
+
+    def start(self, deliver):  # type: ignore[no-untyped-def]
+        LoggingBackend.journal.append(f"start {self.name}")
+        super().start(deliver)
+
+
+def test_every_netdev_is_claimed_before_any_backend_starts(claims) -> None:  # type: ignore[no-untyped-def]
+    LoggingBackend.journal = claims.log
+    with registry.registered(Double("logging", LoggingBackend).kind):
+        fs = attach_filters(["gst0", "gst1"], backend="logging")
+        assert claims.log == ["claim gst0,gst1", "start logging", "start logging"]
+        fs.stop()
+    assert claims.log[-1] == "release gst0,gst1"
+
+
+def test_a_held_netdev_is_refused_and_nothing_is_started(claims, double) -> None:  # type: ignore[no-untyped-def]
+    claims.taken.add("gst1")
+    with pytest.raises(NetdevBusyError, match="netdev gst1 is already buffered"):
+        attach_filters(["gst0", "gst1"], backend="double")
+    assert claims.log == []
+    assert NetdevBusyError.exit_code == 2
+
+
+def test_a_failed_start_lets_the_claims_go(claims) -> None:  # type: ignore[no-untyped-def]
+    refusing = Double("refusing", RefusingBackend).kind
+    with registry.registered(refusing), pytest.raises(KernelSetupError):
+        attach_filters(["gst0"], backend="refusing")
+    assert claims.log == ["claim gst0", "release gst0"]
+
+
+def test_cleanup_sweeps_stale_lock_files_too(double, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(registry.KINDS, "builtin", {})
+    (tmp_path / "net1-if2.lock").write_text('{"pid": 7, "netdev": "gst0"}')
+    assert registry.cleanup_all() == [
+        "double leftovers",
+        f"stale lock file {tmp_path / 'net1-if2.lock'} (netdev gst0, pid 7, no longer running)",
+    ]

@@ -14,7 +14,7 @@ from colonet.buffer.filter import Filter, FilterState, NotBufferingError
 from colonet.buffer.filter_set import FilterSet
 from colonet.buffer.hooks import CommitResult, EpochMismatchError, FailoverResult, FailoverRole
 from colonet.buffer.status import FilterSetStatus
-from colonet.errors import UsageError
+from colonet.errors import SteeringLostError, UsageError
 
 Call = tuple[str, str, Any]
 
@@ -43,6 +43,11 @@ class FakeBackend:
         self.dropped: list[object] = []
         self.stopped = False
         self.fail_stop = False
+        # What `check` reports missing (the test plays the outside world);
+        # `reinstall_steering` puts it back unless `fail_reinstall` is set.
+        self.missing: list[str] = []
+        self.fail_reinstall: str | None = None
+        self.reinstalls = 0
         self._deliver: Deliver | None = None
 
     def _record(self, op: str, arg: Any = None) -> None:
@@ -85,6 +90,16 @@ class FakeBackend:
         self.stopped = True
         if self.fail_stop:
             raise RuntimeError(f"{self.name} refused to stop")
+
+    def check(self) -> list[str]:
+        return list(self.missing)
+
+    def reinstall_steering(self) -> None:
+        self._record("reinstall")
+        self.reinstalls += 1
+        if self.fail_reinstall:
+            raise RuntimeError(self.fail_reinstall)
+        self.missing = []
 
     def ops(self) -> list[str]:
         return [op for name, op, _ in self.log if name == self.name]
@@ -629,3 +644,171 @@ def test_released_epochs_are_handed_to_a_capture_before_they_go() -> None:
     assert [(n, e) for n, e, _ in seen] == [("tap0", 1), ("tap1", 1)]
     assert seen[0][2] == held_before["tap0"][0][1]
     assert [e for e, _ in fs.filters[0].queue.held()] == [2, 3]
+
+
+# -- steering removed from outside (docs/DESIGN.md invariant 7) --------------
+
+TC_GONE = ["the clsact qdisc on tap0", "colonet's bpf filter on tap0's ingress"]
+
+
+def test_intact_steering_changes_nothing() -> None:
+    fs, fakes, _ = make_set(2)
+    assert fs.check_steering() == []
+    assert [f.state for f in fs.filters] == [FilterState.BUFFERING] * 2
+    assert [fake.reinstalls for fake in fakes] == [0, 0]
+
+
+def test_lost_steering_is_reported_once_and_put_back() -> None:
+    fs, (a, b), _ = make_set(2)
+    a.emit("a1")
+    a.missing = list(TC_GONE)
+    (loss,) = fs.check_steering()
+    assert (loss.netdev, loss.backend, loss.missing) == ("tap0", "fake-tap0", tuple(TC_GONE))
+    assert loss.held_packets == 1 and loss.reinstall_error is None
+    assert loss.detail == (
+        "vanished: the clsact qdisc on tap0; colonet's bpf filter on tap0's ingress"
+    )
+    assert loss.to_json() == {
+        "event": "steering-lost",
+        "netdev": "tap0",
+        "backend": "fake-tap0",
+        "detail": loss.detail,
+        "action": "steering re-installed so the netdev stays closed; "
+        "nothing more is released, new output is dropped",
+        "held_packets": 1,
+    }
+    assert a.reinstalls == 1 and a.ops()[-1] == "reinstall"
+    assert (fs.filters[0].state, fs.filters[1].state) == (
+        FilterState.STEERING_LOST,
+        FilterState.BUFFERING,
+    )
+    assert fs.check_steering() == []  # put back: nothing new to say
+    assert fs.filters[0].state is FilterState.STEERING_LOST  # for good
+    a.missing = ["the capture tap cnc5"]  # removed again, another piece
+    (again,) = fs.check_steering()
+    assert again.missing == ("the capture tap cnc5",)
+    assert fs.filters[0].steering_losses == 2 and fs.filters[0].reason == again.detail
+
+
+def test_a_filter_that_lost_its_steering_releases_nothing_anywhere() -> None:
+    fs, (a, b), _ = make_set(2)
+    a.emit("a1")
+    b.emit("b1")
+    assert fs.begin_checkpoint(1) == 1
+    a.missing = list(TC_GONE)
+    fs.check_steering()
+    with pytest.raises(SteeringLostError) as refused:
+        fs.commit(1)
+    message = str(refused.value)
+    assert "cannot commit: colonet's fake-tap0 steering of tap0 was removed from outside" in message
+    assert "vanished: the clsact qdisc on tap0" in message and "start a new one" in message
+    assert refused.value.exit_code == 5
+    assert a.released == [] and b.released == []  # the other netdev holds too
+    for refused_call in (
+        lambda: fs.begin_checkpoint(2),
+        lambda: fs.failover("primary"),
+        lambda: fs.failover("secondary"),
+    ):
+        with pytest.raises(SteeringLostError):
+            refused_call()
+    assert a.released == [] and b.released == []
+
+
+def test_after_the_loss_new_packets_are_dropped_and_counted() -> None:
+    f, fake = make_filter()
+    f.queue.append("held", 10)
+    fake.missing = ["x"]
+    f.check_steering()
+    fake.emit("late1")
+    fake.emit("late2")
+    assert fake.dropped == ["late1", "late2"]
+    status = f.status()
+    assert status.state == "steering-lost" and status.reason == "vanished: x"
+    assert status.dropped_after_steering_lost_packets == 2 and status.steering_losses == 1
+    assert status.queue.held_packets == 1
+    f.stop()  # held packets are dropped, never released
+    assert fake.dropped == ["late1", "late2", "held"] and fake.released == []
+    assert fake.stopped
+
+
+def test_a_failed_reinstall_is_said_and_retried_quietly() -> None:
+    f, fake = make_filter()
+    fake.missing = ["x"]
+    fake.fail_reinstall = "the kernel says no"
+    loss = f.check_steering()
+    assert loss is not None and loss.reinstall_error == "the kernel says no"
+    assert "may pass output unbuffered" in loss.action
+    assert f.check_steering() is None and fake.reinstalls == 2  # retried, not re-reported
+
+
+def test_steering_that_cannot_be_checked_counts_as_lost() -> None:
+    f, fake = make_filter()
+
+    def broken() -> list[str]:
+        raise OSError("netlink is down")
+
+    fake.check = broken  # type: ignore[method-assign]
+    loss = f.check_steering()
+    assert loss is not None
+    assert loss.missing == ("colonet's steering of tap0 (cannot check it: netlink is down)",)
+
+
+def test_only_steered_filters_are_checked() -> None:
+    fs, (a, b), _ = make_set(2)
+    fs.filters[1].failover(FailoverRole.PRIMARY)  # its steering is gone on purpose
+    b.missing = ["everything"]
+    assert fs.check_steering() == []
+    # A discarding filter (failed over as secondary) still needs its steering.
+    fs2, (c,), _ = make_set(1)
+    fs2.failover("secondary")
+    c.missing = ["x"]
+    assert [loss.netdev for loss in fs2.check_steering()] == ["tap0"]
+    assert fs2.filters[0].state is FilterState.STEERING_LOST
+
+
+def test_a_lost_filter_is_still_read_and_a_dead_fd_is_not() -> None:
+    fs, (a, b), _ = make_set(2)
+    a.missing = ["x"]
+    fs.check_steering()
+    assert fs.fds() == {100: fs.filters[0], 101: fs.filters[1]}
+    a.fd = -1  # a backend whose fd died
+    assert fs.fds() == {101: fs.filters[1]}
+
+
+def test_the_status_of_a_lost_filter_round_trips() -> None:
+    fs, (a, _), _ = make_set(2)
+    a.missing = ["x"]
+    fs.check_steering()
+    record = fs.status()
+    body = json.loads(json.dumps(record.to_json()))
+    assert body["netdevs"][0]["state"] == "steering-lost"
+    assert body["netdevs"][0]["reason"] == "vanished: x"
+    assert body["netdevs"][1]["reason"] is None
+    assert FilterSetStatus.from_json(body) == record
+
+
+def test_the_claims_go_once_every_filter_stopped() -> None:
+    log: list[Call] = []
+    pairs = [make_filter(f"tap{i}", log=log, fd=100 + i) for i in range(2)]
+    pairs[0][1].fail_stop = True
+    unsteered = lambda: log.append(("set", "unsteered", None))  # noqa: E731
+    fs = FilterSet([f for f, _ in pairs], on_unsteered=unsteered)
+    with pytest.raises(UsageError):
+        fs.stop()
+    assert [op for _, op, _ in log][-1] == "unsteered"
+    assert [n for n, op, _ in log if op == "stop"] == ["fake-tap0", "fake-tap1"]
+    fs.stop()
+    assert [op for _, op, _ in log].count("unsteered") == 1
+
+
+@pytest.mark.parametrize(("role", "freed"), [("primary", 1), ("secondary", 0)])
+def test_the_claims_go_when_failover_removes_the_steering(role: str, freed: int) -> None:
+    """Failed over as primary nothing steers the netdevs: another colonet
+    may take them. As secondary the steering stays, dropping."""
+    log: list[str] = []
+    pairs = [make_filter(f"tap{i}", fd=100 + i) for i in range(2)]
+    fs = FilterSet([f for f, _ in pairs], on_unsteered=lambda: log.append("unsteered"))
+    fs.failover(role)
+    assert log.count("unsteered") == freed
+    fs.stop()
+    assert log.count("unsteered") == 1

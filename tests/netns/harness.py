@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -15,7 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from colonet.net.netns import run_in_netns, socket_in_netns
+from colonet.net import owner
+from colonet.net.netns import netns_path, run_in_netns, socket_in_netns
 from colonet.net.topology import Topology
 from tests.control.raw import raw_request as request
 
@@ -81,6 +83,21 @@ class FilterProcess:
             if held >= at_least or time.monotonic() > deadline:
                 return st
             time.sleep(0.02)
+
+    def wait_event(self, name: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
+        """The next JSON event line called `name` on the filter's stdout."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([self.proc.stdout], [], [], left)[0]:
+                break
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            event = json.loads(line)
+            if event.get("event") == name:
+                return event
+        return None
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -211,7 +228,27 @@ def host_kernel_state(topo: Topology) -> dict[str, Any]:
         for dev in (topo.netdev, "cli0")
         for line in run("tc", "filter", "show", "dev", dev, "ingress").splitlines()
     ]
+    state["locks"] = lock_files(topo)
     return state
+
+
+def lock_files(topo: Topology) -> list[str]:
+    """colonet's netdev lock files (colonet.net.owner) for the host namespace."""
+    prefix = f"net{os.stat(netns_path(topo.host_ns)).st_ino}-"
+    with contextlib.suppress(FileNotFoundError):
+        return sorted(n for n in os.listdir(owner.run_dir()) if n.startswith(prefix))
+    return []
+
+
+def scrape_metrics(topo: Topology, port: int) -> str:
+    """A filter's Prometheus text, fetched from inside its namespace."""
+    import urllib.request
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    return run_in_netns(topo.host_ns, scrape)
 
 
 def colonet_footprint(state: dict[str, Any]) -> list[str]:
@@ -221,4 +258,5 @@ def colonet_footprint(state: dict[str, Any]) -> list[str]:
         *state["queues"],
         *(link for link in state["links"] if link.startswith("cn")),
         *state["filters"],
+        *state["locks"],
     ]

@@ -3,8 +3,11 @@ doubles; and the `colonet filter ...` commands against it. No root."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -187,3 +190,84 @@ def test_the_daemon_drops_a_client_that_stopped_reading_on_its_own(daemon, caplo
     sock.close()
     assert "has not read its replies for" in caplog.text
     assert FilterClient(path).status().open_epoch == 1
+
+
+# -- steering lost, and stop signals ------------------------------------------
+
+
+def test_a_steering_loss_is_an_event_line_an_error_and_metrics(tmp_path, caplog) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from colonet.node.events import EventSink
+    from colonet.node.metrics import FilterCollector
+
+    fakes = [FakeBackend(f"fake{i}", fd=100 + i) for i in range(2)]
+    filters = [Filter(f"tap{i}", fake, BufferLimits()) for i, fake in enumerate(fakes)]
+    for f in filters:
+        f.start()
+    out = io.StringIO()
+    d = FilterDaemon(FilterSet(filters), None, EventSink(json_lines=True, out=out))
+    fakes[1].missing = ["the clsact qdisc on tap1"]
+    with caplog.at_level(logging.ERROR):
+        d.check_steering()
+        d.check_steering()  # put back meanwhile: said once
+    (line,) = out.getvalue().splitlines()
+    event = json.loads(line)
+    assert event["event"] == "steering-lost" and event["netdev"] == "tap1"
+    assert event["detail"] == "vanished: the clsact qdisc on tap1"
+    assert [r.levelname for r in caplog.records] == ["ERROR"]
+    assert "steering lost" in caplog.records[0].getMessage()
+    registry = CollectorRegistry()
+    registry.register(FilterCollector(d.status))
+    text = generate_latest(registry).decode()
+    assert 'colonet_filter_steering_lost{netdev="tap0"} 0.0' in text
+    assert 'colonet_filter_steering_lost{netdev="tap1"} 1.0' in text
+    assert 'colonet_filter_steering_losses_total{netdev="tap1"} 1.0' in text
+    assert "vanished" in d.status().netdevs[1].reason
+
+
+def test_the_loop_checks_the_steering_on_a_timer(daemon) -> None:
+    d, fakes, path = daemon
+    fakes[0].missing = ["x"]
+    deadline = time.monotonic() + 2
+    while not d.steering_losses and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [loss.netdev for loss in d.steering_losses] == ["tap0"]
+    with pytest.raises(RemoteError, match="removed from outside colonet") as refused:
+        FilterClient(path).commit()
+    assert refused.value.kind == "SteeringLostError" and refused.value.exit_code == 5
+
+
+def test_the_text_form_of_the_event_names_the_netdev_and_what_vanished() -> None:
+    from colonet.node.events import EventSink
+
+    fake = FakeBackend(fd=100)
+    f = Filter("tap0", fake, BufferLimits())
+    f.start()
+    out = io.StringIO()
+    d = FilterDaemon(FilterSet([f]), None, EventSink(out=out))
+    fake.missing = ["colonet's bpf filter on tap0's ingress"]
+    d.check_steering()
+    assert out.getvalue() == (
+        "colonet: tap0: steering lost (vanished: colonet's bpf filter on tap0's ingress); "
+        "steering re-installed so the netdev stays closed; nothing more is released, "
+        "new output is dropped\n"
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM])
+def test_stop_signals_end_the_loop_instead_of_the_process(signum) -> None:  # type: ignore[no-untyped-def]
+    r, w = os.pipe()
+    try:
+        f = Filter("tap0", FakeBackend(fd=r), BufferLimits())
+        f.start()
+        d = FilterDaemon(FilterSet([f]), None)
+        timer = threading.Timer(0.2, os.kill, (os.getpid(), signum))
+        timer.start()
+        started = time.monotonic()
+        d.run(duration_s=10)  # the main thread: handlers installed
+        assert time.monotonic() - started < 5
+        assert signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler)
+    finally:
+        os.close(r)
+        os.close(w)

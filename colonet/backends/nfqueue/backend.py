@@ -32,6 +32,7 @@ from colonet.buffer.backend import Deliver
 from colonet.errors import KernelSetupError
 from colonet.net.links import NetdevInfo
 from colonet.net.netns import read_proc_net, write_sysctl
+from colonet.net.owner import netdev_lock_name
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,11 @@ class NfqueueBackend:
                 for key in BRIDGE_SYSCTLS:
                     self._saved_sysctls[key] = write_sysctl(None, key, "1")
             self._rule = iptables.SteeringRule(
-                self.netdev.name, self.netdev.is_bridge_port, self.queue_num, os.getpid()
+                self.netdev.name,
+                self.netdev.is_bridge_port,
+                self.queue_num,
+                os.getpid(),
+                netdev_lock_name(self.netdev.index),
             )
             iptables.install(self._rule)
         except BaseException:
@@ -148,6 +153,31 @@ class NfqueueBackend:
             self._verdict_sock = None
         if errors:
             raise KernelSetupError("; ".join(errors))
+
+    # -- steering still in place? (docs/DESIGN.md invariant 7) ----------
+
+    def check(self) -> list[str]:
+        """Both families' rules present (a firewall reload replaces the
+        mangle table), and for a bridge port the sysctls that make bridged
+        frames traverse iptables at all."""
+        if self._rule is None:
+            return []
+        missing = iptables.missing_rules(iptables.saved_rules(), self._rule)
+        if self._saved_sysctls:
+            missing += missing_sysctls({key: _read_sysctl(key) for key in BRIDGE_SYSCTLS})
+        return missing
+
+    def reinstall_steering(self) -> None:
+        """Insert again the rules that vanished, first in the chain; the
+        queue is still ours, so the netdev's output comes back to colonet."""
+        if self._rule is None:
+            return
+        gone = iptables.missing_rules(iptables.saved_rules(), self._rule)
+        families = [f for f in iptables.FAMILIES if self._rule.describe(f) in gone]
+        iptables.install(self._rule, families)
+        if self._saved_sysctls:
+            for key in BRIDGE_SYSCTLS:
+                write_sysctl(None, key, "1")
 
     # -- packets --------------------------------------------------------
 
@@ -246,3 +276,21 @@ class NfqueueBackend:
                 packet.accept()  # type: ignore[attr-defined]
             else:
                 packet.drop()  # type: ignore[attr-defined]
+
+
+def missing_sysctls(values: dict[str, str | None]) -> list[str]:
+    """Pure: the bridge sysctls not "1" (bridged frames would skip iptables)."""
+    return [
+        f"sysctl {key}=1 (now {value if value is not None else 'unreadable'}: "
+        "bridged frames skip iptables)"
+        for key, value in values.items()
+        if value != "1"
+    ]
+
+
+def _read_sysctl(key: str) -> str | None:
+    try:
+        with open("/proc/sys/" + key.replace(".", "/")) as f:
+            return f.read().strip()
+    except OSError:
+        return None

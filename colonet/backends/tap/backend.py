@@ -26,6 +26,7 @@ from colonet.backends.tap import tc_steering
 from colonet.backends.tap.bpf_program import RELEASE_MARK
 from colonet.buffer.backend import Deliver
 from colonet.net.links import NetdevInfo
+from colonet.net.owner import netdev_lock_name
 from colonet.net.packet_tx_ring import PacketTxRing
 from colonet.net.tuntap import open_tap
 
@@ -66,6 +67,9 @@ class TapBackend:
         self.capture_link = f"cnc{netdev.index}"
         self.release_links = (f"cnr{netdev.index}a", f"cnr{netdev.index}b")
         self._fd = -1
+        self._capture_index = 0
+        self._capture_gone = False  # the tap was deleted under our fd
+        self._netdev_index = netdev.index
         self._sock: socket.socket | None = None
         self._ring: PacketTxRing | None = None
         self._record: tc_steering.SteeringRecord | None = None
@@ -78,7 +82,7 @@ class TapBackend:
         try:
             self._fd = open_tap(self.capture_link)
             os.set_blocking(self._fd, False)
-            capture_index = tc_steering.prepare_capture_link(
+            capture_index = self._capture_index = tc_steering.prepare_capture_link(
                 self.capture_link, self.mtu, self._capture_queue_len
             )
             tc_steering.create_release_link(*self.release_links, self.netdev.name, self.mtu)
@@ -91,20 +95,26 @@ class TapBackend:
                     self._sock, self.mtu + ETH_HLEN_WITH_VLAN, self.config.tx_ring_slots
                 )
             # Last: only now does guest output start to be captured.
-            self._record = tc_steering.steer(self.netdev.name, capture_index, self.release_links[0])
+            self._record = tc_steering.steer(
+                self.netdev.name,
+                capture_index,
+                self.release_links[0],
+                netdev_lock_name(self.netdev.index),
+            )
         except BaseException:
             self.stop()
             raise
         log.info("tap backend: %s -> %s", self.netdev.name, self.capture_link)
 
     def fileno(self) -> int:
-        return self._fd
+        # -1 once the tap is gone: a dead tap's fd reads as always ready.
+        return -1 if self._capture_gone else self._fd
 
     def poll(self, budget: int = 4096) -> None:
         """Read up to `budget` waiting frames (so a flood cannot starve the
         control socket; the event loop comes back while more are ready)."""
         assert self._deliver is not None
-        while self._fd >= 0 and budget > 0:
+        while self._fd >= 0 and not self._capture_gone and budget > 0:
             budget -= 1
             try:
                 frame = os.read(self._fd, MAX_FRAME)
@@ -113,6 +123,13 @@ class TapBackend:
             except OSError as exc:
                 if exc.errno == errno.EINTR:
                     continue
+                if exc.errno == errno.EBADFD:
+                    # Deleted from outside (`ip link del`): `check` reports
+                    # it; the fd stays open until stop so its number is not
+                    # reused under the event loop's feet.
+                    self._capture_gone = True
+                    log.error("tap backend: the capture tap %s vanished", self.capture_link)
+                    return
                 raise
             self._deliver(frame, len(frame))
 
@@ -136,6 +153,31 @@ class TapBackend:
 
     def drop(self, packets: Sequence[object]) -> None:
         """Held frames live only in colonet's memory: forgetting them drops them."""
+
+    def check(self) -> list[str]:
+        if self._record is None:
+            return []
+        snap = tc_steering.snapshot(self._record, self.capture_link, self.release_links)
+        return tc_steering.missing_steering(
+            snap,
+            self._record,
+            self._netdev_index,
+            self.capture_link,
+            self._capture_index,
+            self.release_links,
+        )
+
+    def reinstall_steering(self) -> None:
+        """Put the bpf redirect (and the record cleanup reads) back. Frames
+        then reach the capture tap again and the filter drops them; with
+        the tap gone too, the redirect has no target and the kernel drops
+        them."""
+        if self._record is None:
+            return
+        self._record = tc_steering.resteer(
+            self._record, self._capture_index, self.release_links, self.mtu
+        )
+        self._netdev_index = tc_steering.link_index(self.netdev.name)
 
     def stop(self) -> None:
         if self._record is not None:
