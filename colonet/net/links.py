@@ -10,6 +10,8 @@ from pyroute2 import IPRoute, NetNS
 from colonet.errors import UnknownNetdevError, UsageError
 from colonet.net.netns import netns_path
 
+IFF_LOOPBACK = 0x8  # linux/if.h
+
 
 @dataclass(frozen=True)
 class NetdevInfo:
@@ -37,6 +39,11 @@ def describe_netdev(name: str) -> NetdevInfo:
             raise UnknownNetdevError(
                 f"unknown netdev {name!r}: no such network device in this "
                 f"network namespace (devices here: {known})"
+            )
+        if link["flags"] & IFF_LOOPBACK:
+            raise UsageError(
+                f"{name} is a loopback device: colonet buffers a netdev that carries a "
+                "guest's traffic (its tap, or a veth)"
             )
         master_index = link.get("master")
         master = master_kind = None

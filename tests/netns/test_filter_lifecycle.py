@@ -144,6 +144,21 @@ def test_unknown_netdev_is_refused_and_nothing_installed(veth_topology):
     assert host_kernel_state(veth_topology) == before
 
 
+@pytest.mark.parametrize("backend", ["auto", "tap", "nfqueue"])
+def test_loopback_is_refused_by_name_not_a_traceback(veth_topology, backend):
+    """Issue 15 item 10: `--netdev lo` gave a netlink traceback."""
+    before = host_kernel_state(veth_topology)
+    with tempfile.TemporaryDirectory(prefix="cn") as tmp:
+        done = _run_filter(
+            veth_topology,
+            *("--netdev", "lo", "--backend", backend, "--socket", os.path.join(tmp, "s")),
+        )
+    assert done.returncode == 2, done.stderr
+    assert "lo is a loopback device" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert host_kernel_state(veth_topology) == before
+
+
 def test_missing_privilege_is_refused(veth_topology):
     nobody = [
         "setpriv",

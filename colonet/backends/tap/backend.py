@@ -22,9 +22,12 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from colonet.backends.tap import tc_steering
 from colonet.backends.tap.bpf_program import RELEASE_MARK
 from colonet.buffer.backend import Deliver
+from colonet.errors import KernelSetupError
 from colonet.net.links import NetdevInfo
 from colonet.net.owner import netdev_lock_name
 from colonet.net.packet_tx_ring import PacketTxRing
@@ -101,6 +104,13 @@ class TapBackend:
                 self.release_links[0],
                 netdev_lock_name(self.netdev.index),
             )
+        except NetlinkError as exc:
+            # The kernel refused a link, qdisc or filter: a set-up failure
+            # (auto falls back to the next backend), never a traceback.
+            self.stop()
+            raise KernelSetupError(
+                f"tap backend on {self.netdev.name}: the kernel refused a step: {exc}"
+            ) from None
         except BaseException:
             self.stop()
             raise
