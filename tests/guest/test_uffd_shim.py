@@ -158,3 +158,77 @@ def test_a_mapping_that_cannot_be_registered_stops_the_process_loudly(child):
     status = c.status_text()
     assert status.startswith("error UFFDIO_REGISTER"), status
     assert "colonet uffd_wp_shim: error UFFDIO_REGISTER" in err
+
+
+# -- scanned from outside: colonet/guest/pagemap.py --------------------------
+
+
+def test_the_scan_reports_exactly_the_written_pages_and_rearms(child):
+    from colonet.guest.pagemap import PagemapScanner
+
+    c = child()
+    pages = (4 << 20) // PAGE
+    with PagemapScanner(c.proc.pid, c.addr, 4 << 20) as scanner:
+        assert scanner.pages == pages
+        assert scanner.collect() == []  # the shim write-protected everything
+        c.write([0, 5, 6, 7, 100, pages - 1])
+        assert scanner.peek_runs() == [(0, 1), (5, 3), (100, 1), (pages - 1, 1)]
+        assert scanner.collect() == [0, 5, 6, 7, 100, pages - 1]
+        assert scanner.collect() == []  # re-armed
+        c.write([3, 3, 4])
+        assert scanner.collect() == [3, 4]
+
+
+def test_more_runs_than_the_output_array_holds_continue_where_the_kernel_stopped(child):
+    from colonet.guest.pagemap import PagemapScanner
+
+    c = child()
+    every_other = list(range(0, (4 << 20) // PAGE, 2))  # 512 separate runs
+    with PagemapScanner(c.proc.pid, c.addr, 4 << 20, vec_len=7) as scanner:
+        c.write(every_other)
+        assert scanner.collect() == every_other
+        assert scanner.collect() == []
+
+
+def test_a_range_nobody_registered_is_refused_not_called_clean(shim, ram, tmp_path):
+    from colonet.guest.pagemap import DirtyTrackingError, PagemapScanner
+
+    c = Child(shim, ram, 4 << 20, tmp_path / "status", track=tmp_path / "not-this-one")
+    try:
+        with (
+            PagemapScanner(c.proc.pid, c.addr, 4 << 20) as scanner,
+            pytest.raises(DirtyTrackingError, match="not registered.*EPERM"),
+        ):
+            scanner.collect()
+    finally:
+        c.proc.kill()
+        c.proc.wait()
+
+
+def test_a_process_that_is_gone_is_named(child):
+    from colonet.guest.pagemap import DirtyTrackingError, PagemapScanner
+
+    c = child()
+    c.proc.kill()
+    c.proc.wait()
+    with pytest.raises(DirtyTrackingError, match=f"/proc/{c.proc.pid}/pagemap"):
+        PagemapScanner(c.proc.pid, c.addr, 4 << 20)
+
+
+def test_the_mapping_is_found_by_inode_and_the_status_read(child, ram):
+    from colonet.guest.pagemap import find_mappings
+    from colonet.guest.uffd_shim import read_status
+
+    c = child()
+    assert find_mappings(c.proc.pid, str(ram)) == [(c.addr, c.addr + (4 << 20))]
+    [reg] = read_status(str(c.status))
+    assert (reg.start, reg.end, reg.path) == (c.addr, c.addr + (4 << 20), str(ram))
+
+
+def test_a_failed_registration_is_a_shim_error(child):
+    from colonet.guest.uffd_shim import ShimError, read_status
+
+    c = child(mode="ro")
+    c.stop()
+    with pytest.raises(ShimError, match="helper failed: UFFDIO_REGISTER"):
+        read_status(str(c.status))
