@@ -92,6 +92,31 @@ def encode_scan_arg(start: int, end: int, vec: int, vec_len: int, *, rearm: bool
     )
 
 
+def encode_probe_arg(start: int, page_size: int, vec: int, vec_len: int) -> bytearray:
+    """An argument that asks whether the page at `start` is still in a
+    mapping registered for write-protection (one region, PAGE_IS_WPALLOWED)
+    and changes nothing. A scan over a range with no mapping at all (the
+    process exiting) reports nothing written: this tells the two apart."""
+    if vec_len <= 0:
+        raise ValueError(f"vec_len {vec_len} must be positive")
+    return bytearray(
+        PM_SCAN_ARG.pack(
+            PM_SCAN_ARG.size,
+            0,
+            start,
+            start + page_size,
+            0,
+            vec,
+            vec_len,
+            1,  # max_pages
+            0,
+            0,
+            PAGE_IS_WPALLOWED,  # category_anyof_mask
+            PAGE_IS_WPALLOWED,  # return_mask
+        )
+    )
+
+
 def decode_walk_end(arg: bytes | bytearray) -> int:
     """Where the kernel stopped: `end` once the whole range was scanned."""
     return struct.unpack_from("=Q", arg, WALK_END_OFFSET)[0]

@@ -28,6 +28,7 @@ from colonet.guest.dirty_scan import (
     PAGEMAP_SCAN,
     Run,
     decode_walk_end,
+    encode_probe_arg,
     encode_scan_arg,
     runs_to_pages,
     walk,
@@ -124,9 +125,25 @@ class PagemapScanner:
             return ctypes.string_at(self._vec_addr, count * PAGE_REGION.size), decode_walk_end(arg)
 
         try:
-            return walk(call, self.start, self.length, self.page_size)
+            runs = walk(call, self.start, self.length, self.page_size)
         except ValueError as exc:
             raise DirtyTrackingError(f"PAGEMAP_SCAN of pid {self.pid}: {exc}") from None
+        # A range without a mapping reads as "nothing written" (an exiting
+        # process has torn its mappings down): after the scan, the mapping
+        # must still be there for its answer to count.
+        probe = encode_probe_arg(self.start, self.page_size, self._vec_addr, self.vec_len)
+        try:
+            found = fcntl.ioctl(fd, PAGEMAP_SCAN, probe)
+        except OSError as exc:
+            raise DirtyTrackingError(
+                f"PAGEMAP_SCAN of pid {self.pid}: {_WHY.get(exc.errno, exc.strerror)}"
+            ) from None
+        if found != 1:
+            raise DirtyTrackingError(
+                f"the tracked mapping at {self.start:#x} is gone from pid {self.pid} "
+                "(the process is exiting or unmapped it)"
+            )
+        return runs
 
     def close(self) -> None:
         if self._fd is not None:

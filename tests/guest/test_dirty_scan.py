@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from colonet.guest.dirty_scan import (
     PAGE_IS_FILE,
+    PAGE_IS_WPALLOWED,
     PAGE_IS_WRITTEN,
     PAGE_REGION,
     PAGEMAP_SCAN,
@@ -22,6 +23,7 @@ from colonet.guest.dirty_scan import (
     BruteForceDiffer,
     ShimRegistration,
     decode_walk_end,
+    encode_probe_arg,
     encode_scan_arg,
     merge_runs,
     parse_shim_status,
@@ -58,6 +60,26 @@ def test_the_ioctl_number_and_argument_match_linux_uapi():
     assert struct.unpack_from("=Q", peek, 8)[0] == PM_SCAN_CHECK_WPASYNC
     struct.pack_into("=Q", arg, 32, BASE + 3 * PAGE)
     assert decode_walk_end(arg) == BASE + 3 * PAGE
+
+
+def test_the_probe_asks_for_one_registered_page_and_changes_nothing():
+    fields = struct.unpack("=12Q", encode_probe_arg(BASE, PAGE, 0x1234, 16))
+    assert fields == (
+        96,
+        0,
+        BASE,
+        BASE + PAGE,
+        0,
+        0x1234,
+        16,
+        1,
+        0,
+        0,
+        PAGE_IS_WPALLOWED,
+        PAGE_IS_WPALLOWED,
+    )
+    with pytest.raises(ValueError):
+        encode_probe_arg(BASE, PAGE, 0x1234, 0)
 
 
 @pytest.mark.parametrize(

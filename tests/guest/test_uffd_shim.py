@@ -20,7 +20,7 @@ EXIT_REGISTRATION_FAILED = 97
 
 # The stand-in for QEMU: maps $RAM (MAP_SHARED, read-write unless told
 # "ro"), prints the mapping's address, then writes one byte into each page
-# listed on a line of stdin and answers "ok".
+# listed on a line of stdin (or unmaps it on "unmap") and answers "ok".
 CHILD = r"""
 import ctypes, mmap, os, sys
 path, size, mode = os.environ["RAM"], int(os.environ["SIZE"]), os.environ.get("MODE", "rw")
@@ -30,6 +30,10 @@ m = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
 addr = ctypes.addressof(ctypes.c_char.from_buffer(m)) if mode == "rw" else 0
 print(hex(addr), flush=True)
 for line in sys.stdin:
+    if line == "unmap\n":
+        m.close()
+        print("ok", flush=True)
+        continue
     for page in map(int, line.split()):
         m[page * 4096] = (m[page * 4096] + 1) % 256
     print("ok", flush=True)
@@ -85,9 +89,10 @@ class Child:
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         self.addr = int(line, 16) if line else None
 
-    def write(self, pages: list[int]) -> None:
+    def write(self, pages: list[int] | str) -> None:
         assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write(" ".join(map(str, pages)) + "\n")
+        line = pages if isinstance(pages, str) else " ".join(map(str, pages))
+        self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
         assert self.proc.stdout.readline() == "ok\n"
 
@@ -205,12 +210,27 @@ def test_a_range_nobody_registered_is_refused_not_called_clean(shim, ram, tmp_pa
         c.proc.wait()
 
 
+def test_a_mapping_that_went_away_is_an_error_not_a_clean_scan(child):
+    from colonet.guest.pagemap import DirtyTrackingError, PagemapScanner
+
+    c = child()
+    with PagemapScanner(c.proc.pid, c.addr, 4 << 20) as scanner:
+        c.write([1])
+        c.write("unmap")
+        with pytest.raises(DirtyTrackingError, match="mapping at .* is gone from pid"):
+            scanner.collect()
+
+
 def test_a_process_that_is_gone_is_named(child):
     from colonet.guest.pagemap import DirtyTrackingError, PagemapScanner
 
     c = child()
+    scanner = PagemapScanner(c.proc.pid, c.addr, 4 << 20)
     c.proc.kill()
     c.proc.wait()
+    with pytest.raises(DirtyTrackingError, match="process is gone"):
+        scanner.collect()
+    scanner.close()
     with pytest.raises(DirtyTrackingError, match=f"/proc/{c.proc.pid}/pagemap"):
         PagemapScanner(c.proc.pid, c.addr, 4 << 20)
 
