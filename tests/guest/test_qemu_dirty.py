@@ -12,23 +12,29 @@ use a stand-in for QEMU and run without it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import mmap
 import os
 import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import time
 
 import pytest
+from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from colonet.guest.counter_store import REPLY, REQUEST
 from colonet.guest.pagemap import PAGE_SIZE
-from colonet.guest.qemu_tracked import TrackedQemu, TrackedQemuError
+from colonet.guest.qemu_tracked import TrackedQemu, TrackedQemuError, shared_ram_args
 from colonet.guest.uffd_shim import ShimError, build_shim
 
 RAM_MIB = 128
 
 
-def tiny_guest_argv() -> list[str]:
+def tiny_guest_argv(*extra: str, ip: str = "10.201.0.2/24") -> list[str]:
     from colonet.guest.qemu import build_guest
 
     kernel, initrd = build_guest()
@@ -45,7 +51,8 @@ def tiny_guest_argv() -> list[str]:
         "-initrd",
         initrd,
         "-append",
-        "console=ttyS0 quiet colonet.ip=10.201.0.2/24",
+        f"console=ttyS0 quiet colonet.ip={ip}",
+        *extra,
     ]
 
 
@@ -118,6 +125,175 @@ def test_every_page_the_guest_changes_is_reported(qemu_available, request):
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert not os.path.exists(workdir)
+
+
+# -- the whole path: full copy, dirty pages, device state, restore ----------
+
+IGNORE_SHARED = [{"capability": "x-ignore-shared", "state": True}]
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Counter:
+    """The tiny guest's counter service, through QEMU's user-mode NIC."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.settimeout(0.5)
+        self.request_id = 0
+
+    def ask(self, op: bytes) -> int:
+        for _ in range(40):
+            self.request_id += 1
+            self.sock.sendto(REQUEST.pack(op, self.request_id), ("127.0.0.1", self.port))
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    request_id, value = REPLY.unpack(self.sock.recv(64))
+                    if request_id == self.request_id:
+                        return value
+        raise AssertionError(f"no answer to {op!r} on port {self.port}")
+
+
+def _wait_for(path: str, marker: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError), open(path, errors="replace") as f:
+            if marker in f.read():
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"{marker!r} never appeared in {path}")
+
+
+def _wait_migration(cmd) -> None:
+    deadline = time.monotonic() + 30
+    while (status := cmd("query-migrate").get("status")) != "completed":
+        assert status not in ("failed", "cancelled"), cmd("query-migrate")
+        assert time.monotonic() < deadline, status
+        time.sleep(0.002)
+
+
+def _save_devices(vm: TrackedQemu) -> bytes:
+    """QEMU's state without its shared RAM (x-ignore-shared), into a socket."""
+    path = os.path.join(vm.workdir, "migrate.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen(1)
+        listener.settimeout(30)
+        vm.cmd("migrate", uri=f"unix:{path}")
+        conn, _ = listener.accept()
+        with conn:
+            chunks = []
+            while chunk := conn.recv(1 << 20):
+                chunks.append(chunk)
+    _wait_migration(vm.cmd)
+    os.unlink(path)
+    return b"".join(chunks)
+
+
+@pytest.mark.qemu
+def test_dirty_pages_and_device_state_restore_the_guest_exactly(qemu_available, tmp_path, request):
+    """Checkpoint 1 a full copy of RAM, checkpoint 2 only the pages reported
+    dirty plus the device state; a fresh QEMU started on the copy with
+    -incoming resumes at checkpoint 2's counter, not at the primary's later one."""
+    port = _free_udp_port()
+    slirp_ip = "10.0.2.15/24"  # where QEMU's user-mode network forwards to
+    net = [
+        "-netdev",
+        f"user,id=n0,hostfwd=udp:127.0.0.1:{port}-:7070",
+        "-device",
+        "virtio-net-pci,netdev=n0,mac=52:54:00:c0:10:01",
+    ]
+    serial = tmp_path / "primary.log"
+    vm = TrackedQemu(
+        tiny_guest_argv("-serial", f"file:{serial}", *net, ip=slirp_ip), RAM_MIB, build_shim()
+    )
+    request.addfinalizer(vm.close)
+    vm.start()
+    vm.cmd("migrate-set-capabilities", capabilities=IGNORE_SHARED)
+    vm.cmd("migrate-set-parameters", **{"max-bandwidth": 64 << 30})
+    _wait_for(str(serial), "counter_service: listening")
+    counter = Counter(port)
+    request.addfinalizer(counter.sock.close)
+    for _ in range(5):
+        counter.ask(b"INC ")
+
+    cache_path = f"/dev/shm/colonet-test-cache-{os.getpid()}.ram"
+
+    def remove_cache() -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(cache_path)
+
+    request.addfinalizer(remove_cache)
+    vm.pause()  # checkpoint 1: all of RAM
+    vm.collect_dirty()
+    with open(cache_path, "wb") as f:
+        f.write(vm.ram_view())
+    _save_devices(vm)
+    vm.resume()
+
+    for _ in range(7):
+        at_checkpoint = counter.ask(b"INC ")
+    vm.pause()  # checkpoint 2: the dirty pages and the devices
+    dirty = vm.collect_dirty()
+    ram = vm.ram_view()
+    with open(cache_path, "r+b") as f, mmap.mmap(f.fileno(), vm.ram_bytes) as cache:
+        for p in dirty:
+            cache[p * PAGE_SIZE : (p + 1) * PAGE_SIZE] = ram[p * PAGE_SIZE : (p + 1) * PAGE_SIZE]
+        assert hashlib.sha256(cache).digest() == hashlib.sha256(ram).digest()
+    del ram
+    devices = _save_devices(vm)
+    assert len(devices) < 4 << 20, "RAM stayed out of the device state"
+    assert 0 < len(dirty) < 4096, "a few requests dirty a few pages, not all of RAM"
+    vm.resume()
+    assert counter.ask(b"INC ") == at_checkpoint + 1  # never committed
+    vm.close()  # the primary is lost
+
+    (tmp_path / "devices.bin").write_bytes(devices)
+    qmp_path = str(tmp_path / "qmp.sock")
+    secondary = subprocess.Popen(
+        [
+            *tiny_guest_argv("-serial", f"file:{tmp_path / 'secondary.log'}", *net, ip=slirp_ip),
+            "-m",
+            f"{RAM_MIB}M",
+            *shared_ram_args(cache_path, RAM_MIB),
+            "-qmp",
+            f"unix:{qmp_path},server=on,wait=off",
+            "-incoming",
+            "defer",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def stop_secondary() -> None:
+        secondary.kill()
+        secondary.wait()
+
+    request.addfinalizer(stop_secondary)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(qmp_path):
+        assert secondary.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    qmp = QEMUMonitorProtocol(qmp_path)
+    qmp.connect()
+    request.addfinalizer(qmp.close)
+
+    def cmd(name: str, **args: object):
+        reply = qmp.cmd_raw(name, args or None)
+        assert "error" not in reply, reply
+        return reply.get("return")
+
+    cmd("migrate-set-capabilities", capabilities=IGNORE_SHARED)
+    cmd("migrate-incoming", uri=f"exec:cat {tmp_path / 'devices.bin'}")
+    _wait_migration(cmd)
+    cmd("cont")
+    assert counter.ask(b"GET ") == at_checkpoint
+    assert counter.ask(b"INC ") == at_checkpoint + 1
 
 
 # -- failure paths, with a stand-in for QEMU ---------------------------------
