@@ -118,7 +118,7 @@ def encode_probe_arg(start: int, page_size: int, vec: int, vec_len: int) -> byte
 
 
 def decode_walk_end(arg: bytes | bytearray) -> int:
-    """Where the kernel stopped: `end` once the whole range was scanned."""
+    """Where the kernel says it stopped (see `next_start` for when to believe it)."""
     return struct.unpack_from("=Q", arg, WALK_END_OFFSET)[0]
 
 
@@ -128,28 +128,28 @@ def regions_to_runs(
     base: int,
     page_size: int,
     start: int,
-    walk_end: int,
+    end: int,
 ) -> list[Run]:
-    """Page regions as filled by one call, as runs of page indices relative
-    to `base`. Each region must be page-aligned, ascending, non-overlapping
-    and inside the part of the range this call scanned, [start, walk_end)."""
+    """Page regions as filled by one call over [start, end), as runs of page
+    indices relative to `base`. Each region must be page-aligned, ascending,
+    non-overlapping, inside [start, end) and marked written."""
     if count < 0 or count * PAGE_REGION.size > len(regions):
         raise ValueError(f"{count} page regions claimed, the buffer holds {len(regions)} bytes")
     runs: list[Run] = []
     previous_end = start
     for i in range(count):
-        first, end, categories = PAGE_REGION.unpack_from(regions, i * PAGE_REGION.size)
-        if not previous_end <= first < end <= walk_end:
+        first, stop, categories = PAGE_REGION.unpack_from(regions, i * PAGE_REGION.size)
+        if not previous_end <= first < stop <= end:
             raise ValueError(
-                f"page region {i} [{first:#x}, {end:#x}) is not ascending inside "
-                f"[{previous_end:#x}, {walk_end:#x})"
+                f"page region {i} [{first:#x}, {stop:#x}) is not ascending inside "
+                f"[{previous_end:#x}, {end:#x})"
             )
-        if (first - base) % page_size or (end - base) % page_size:
-            raise ValueError(f"page region {i} [{first:#x}, {end:#x}) is not page-aligned")
+        if (first - base) % page_size or (stop - base) % page_size:
+            raise ValueError(f"page region {i} [{first:#x}, {stop:#x}) is not page-aligned")
         if not categories & PAGE_IS_WRITTEN:
             raise ValueError(f"page region {i} is not marked written ({categories:#x})")
-        runs.append(((first - base) // page_size, (end - first) // page_size))
-        previous_end = end
+        runs.append(((first - base) // page_size, (stop - first) // page_size))
+        previous_end = stop
     return runs
 
 
@@ -176,23 +176,52 @@ def runs_to_pages(runs: Sequence[Run]) -> list[int]:
 ScanCall = Callable[[int, int], tuple[bytes, int]]
 
 
-def walk(call: ScanCall, base: int, length: int, page_size: int) -> list[Run]:
+def next_start(
+    start: int, end: int, walk_end: int, last_region_end: int | None, count: int, vec_len: int
+) -> int | None:
+    """Where the next call must start, or None once [start, end) is done.
+
+    walk_end is where the kernel stopped when the output array filled. But
+    (seen on Linux 6.18) the kernel fills its output through a bounce buffer
+    of 512 regions and sets walk_end only when one of those fills: a scan
+    that reports more than 512 regions and then finishes the range leaves
+    walk_end at the last refill, before regions it did report. So:
+    - walk_end at `end`: done;
+    - walk_end at or past the last region: a true stop there, go on from it;
+    - walk_end before the last region: stale. With room left in the array
+      the kernel finished the range; with the array full, go on after the
+      last region (already re-armed, nothing is reported twice).
+    """
+    if not start <= walk_end <= end:
+        raise ValueError(f"the scan of [{start:#x}, {end:#x}) stopped at {walk_end:#x}")
+    if walk_end == end:
+        return None
+    if last_region_end is None or walk_end >= last_region_end:
+        if walk_end == start:
+            raise ValueError(f"the scan of [{start:#x}, {end:#x}) made no progress")
+        return walk_end
+    if count < vec_len:
+        return None
+    return last_region_end
+
+
+def walk(call: ScanCall, base: int, length: int, page_size: int, vec_len: int) -> list[Run]:
     """All written pages of [base, base + length) as merged runs, in as many
-    calls as it takes: a call that fills its output array stops early and
-    says where (walk_end); the next call starts there."""
+    calls as it takes (each call's output array holds `vec_len` regions)."""
     if base % page_size or length <= 0 or length % page_size:
         raise ValueError(f"range {base:#x}+{length} is not whole pages of {page_size}")
-    start, end = base, base + length
+    start: int | None = base
+    end = base + length
     runs: list[Run] = []
-    while start < end:
+    while start is not None:
         regions, walk_end = call(start, end)
-        if not start < walk_end <= end:
-            raise ValueError(
-                f"the scan of [{start:#x}, {end:#x}) stopped at {walk_end:#x}: no progress"
-            )
         count = len(regions) // PAGE_REGION.size
-        runs.extend(regions_to_runs(regions, count, base, page_size, start, walk_end))
-        start = walk_end
+        if count > vec_len:
+            raise ValueError(f"{count} page regions returned, the array holds {vec_len}")
+        new = regions_to_runs(regions, count, base, page_size, start, end)
+        runs.extend(new)
+        last = base + (new[-1][0] + new[-1][1]) * page_size if new else None
+        start = next_start(start, end, walk_end, last, count, vec_len)
     return merge_runs(runs)
 
 

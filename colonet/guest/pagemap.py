@@ -125,7 +125,7 @@ class PagemapScanner:
             return ctypes.string_at(self._vec_addr, count * PAGE_REGION.size), decode_walk_end(arg)
 
         try:
-            runs = walk(call, self.start, self.length, self.page_size)
+            runs = walk(call, self.start, self.length, self.page_size, self.vec_len)
         except ValueError as exc:
             raise DirtyTrackingError(f"PAGEMAP_SCAN of pid {self.pid}: {exc}") from None
         # A range without a mapping reads as "nothing written" (an exiting

@@ -16,6 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = 4096
+SIZE = 16 << 20  # the stand-in's RAM: 4096 pages
 EXIT_REGISTRATION_FAILED = 97
 
 # The stand-in for QEMU: maps $RAM (MAP_SHARED, read-write unless told
@@ -106,10 +107,10 @@ class Child:
 
 @pytest.fixture
 def ram(request) -> Path:
-    """A 4 MiB RAM file in /dev/shm (tmpfs, as QEMU's), removed afterwards."""
+    """A 16 MiB RAM file in /dev/shm (tmpfs, as QEMU's), removed afterwards."""
     path = Path("/dev/shm") / f"colonet-test-{os.getpid()}-{request.node.name[:40]}.ram"
     with open(path, "wb") as f:
-        f.truncate(4 << 20)
+        f.truncate(SIZE)
     request.addfinalizer(lambda: path.unlink(missing_ok=True))
     return path
 
@@ -119,7 +120,7 @@ def child(shim, ram, tmp_path, request):
     made: list[Child] = []
 
     def start(**kw) -> Child:
-        c = Child(shim, ram, 4 << 20, tmp_path / f"status{len(made)}", **kw)
+        c = Child(shim, ram, SIZE, tmp_path / f"status{len(made)}", **kw)
         made.append(c)
         return c
 
@@ -140,7 +141,7 @@ def test_the_shared_mapping_of_the_ram_file_is_registered(child, ram):
     fields = line.split()
     assert fields[0] == "registered", line
     start, end = int(fields[1], 16), int(fields[2], 16)
-    assert (start, end - start) == (c.addr, 4 << 20)
+    assert (start, end - start) == (c.addr, SIZE)
     assert fields[3] == str(ram) and fields[5] in ("mode=all", "mode=user")
     code, err = c.stop()
     assert code == 0
@@ -172,8 +173,8 @@ def test_the_scan_reports_exactly_the_written_pages_and_rearms(child):
     from colonet.guest.pagemap import PagemapScanner
 
     c = child()
-    pages = (4 << 20) // PAGE
-    with PagemapScanner(c.proc.pid, c.addr, 4 << 20) as scanner:
+    pages = (SIZE) // PAGE
+    with PagemapScanner(c.proc.pid, c.addr, SIZE) as scanner:
         assert scanner.pages == pages
         assert scanner.collect() == []  # the shim write-protected everything
         c.write([0, 5, 6, 7, 100, pages - 1])
@@ -184,12 +185,22 @@ def test_the_scan_reports_exactly_the_written_pages_and_rearms(child):
         assert scanner.collect() == [3, 4]
 
 
-def test_more_runs_than_the_output_array_holds_continue_where_the_kernel_stopped(child):
+@pytest.mark.parametrize(
+    ("runs", "vec_len"),
+    [
+        (512, 7),  # many calls, each stopped by a full array
+        (600, 4096),  # past the kernel's 512-region bounce buffer: walk_end goes stale
+        (1024, 1024),  # the array exactly full as the range ends: stale too
+        (1100, 1024),  # full before the end
+        (2048, 4096),
+    ],
+)
+def test_more_runs_than_fit_at_once_are_all_reported_once(child, runs, vec_len):
     from colonet.guest.pagemap import PagemapScanner
 
     c = child()
-    every_other = list(range(0, (4 << 20) // PAGE, 2))  # 512 separate runs
-    with PagemapScanner(c.proc.pid, c.addr, 4 << 20, vec_len=7) as scanner:
+    every_other = list(range(0, 2 * runs, 2))  # separate runs of one page
+    with PagemapScanner(c.proc.pid, c.addr, SIZE, vec_len=vec_len) as scanner:
         c.write(every_other)
         assert scanner.collect() == every_other
         assert scanner.collect() == []
@@ -198,10 +209,10 @@ def test_more_runs_than_the_output_array_holds_continue_where_the_kernel_stopped
 def test_a_range_nobody_registered_is_refused_not_called_clean(shim, ram, tmp_path):
     from colonet.guest.pagemap import DirtyTrackingError, PagemapScanner
 
-    c = Child(shim, ram, 4 << 20, tmp_path / "status", track=tmp_path / "not-this-one")
+    c = Child(shim, ram, SIZE, tmp_path / "status", track=tmp_path / "not-this-one")
     try:
         with (
-            PagemapScanner(c.proc.pid, c.addr, 4 << 20) as scanner,
+            PagemapScanner(c.proc.pid, c.addr, SIZE) as scanner,
             pytest.raises(DirtyTrackingError, match="not registered.*EPERM"),
         ):
             scanner.collect()
@@ -214,7 +225,7 @@ def test_a_mapping_that_went_away_is_an_error_not_a_clean_scan(child):
     from colonet.guest.pagemap import DirtyTrackingError, PagemapScanner
 
     c = child()
-    with PagemapScanner(c.proc.pid, c.addr, 4 << 20) as scanner:
+    with PagemapScanner(c.proc.pid, c.addr, SIZE) as scanner:
         c.write([1])
         c.write("unmap")
         with pytest.raises(DirtyTrackingError, match="mapping at .* is gone from pid"):
@@ -225,14 +236,14 @@ def test_a_process_that_is_gone_is_named(child):
     from colonet.guest.pagemap import DirtyTrackingError, PagemapScanner
 
     c = child()
-    scanner = PagemapScanner(c.proc.pid, c.addr, 4 << 20)
+    scanner = PagemapScanner(c.proc.pid, c.addr, SIZE)
     c.proc.kill()
     c.proc.wait()
     with pytest.raises(DirtyTrackingError, match="process is gone"):
         scanner.collect()
     scanner.close()
     with pytest.raises(DirtyTrackingError, match=f"/proc/{c.proc.pid}/pagemap"):
-        PagemapScanner(c.proc.pid, c.addr, 4 << 20)
+        PagemapScanner(c.proc.pid, c.addr, SIZE)
 
 
 def test_the_mapping_is_found_by_inode_and_the_status_read(child, ram):
@@ -240,9 +251,9 @@ def test_the_mapping_is_found_by_inode_and_the_status_read(child, ram):
     from colonet.guest.uffd_shim import read_status
 
     c = child()
-    assert find_mappings(c.proc.pid, str(ram)) == [(c.addr, c.addr + (4 << 20))]
+    assert find_mappings(c.proc.pid, str(ram)) == [(c.addr, c.addr + (SIZE))]
     [reg] = read_status(str(c.status))
-    assert (reg.start, reg.end, reg.path) == (c.addr, c.addr + (4 << 20), str(ram))
+    assert (reg.start, reg.end, reg.path) == (c.addr, c.addr + (SIZE), str(ram))
 
 
 def test_a_failed_registration_is_a_shim_error(child):
