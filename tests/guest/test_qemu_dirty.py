@@ -296,6 +296,17 @@ def test_dirty_pages_and_device_state_restore_the_guest_exactly(qemu_available, 
     assert counter.ask(b"INC ") == at_checkpoint + 1
 
 
+@pytest.mark.qemu
+def test_a_qemu_without_the_helper_is_refused_and_stopped(qemu_available, tmp_path):
+    # The loader skips a preload it cannot open (with a warning) and QEMU
+    # runs untracked: that must not pass for protected.
+    vm = TrackedQemu(tiny_guest_argv(), RAM_MIB, str(tmp_path / "missing.so"))
+    with pytest.raises(ShimError, match="registered 0, QEMU has 1 .is the helper loaded"):
+        vm.start()
+    assert vm.proc is None and not os.path.exists(vm.workdir)
+    assert vm.ram_path and not os.path.exists(vm.ram_path)
+
+
 # -- failure paths, with a stand-in for QEMU ---------------------------------
 
 # Maps $COLONET_UFFD_RAM_PATH read-only (which the helper cannot register),
