@@ -89,10 +89,9 @@ class TrackedQemu:
         self.shim = shim
         self.ram_dir = ram_dir
         self.start_timeout_s = start_timeout_s
-        self.workdir = tempfile.mkdtemp(prefix="colonet-tracked-")
-        self.qmp_path = os.path.join(self.workdir, "qmp.sock")
-        self.status_path = os.path.join(self.workdir, "uffd-status")
-        self.stderr_path = os.path.join(self.workdir, "qemu.stderr")
+        # Made by start(): the QMP socket, the helper's status, QEMU's stderr.
+        self.workdir: str | None = None
+        self.qmp_path = self.status_path = self.stderr_path = ""
         self.ram_path: str | None = None  # kept after unlinking, for messages
         self._ram_linked = False
         self.proc: subprocess.Popen | None = None
@@ -113,6 +112,12 @@ class TrackedQemu:
             raise
 
     def _start(self) -> None:
+        if self.workdir is not None:
+            raise TrackedQemuError("this QEMU was started already")
+        self.workdir = tempfile.mkdtemp(prefix="colonet-tracked-")
+        self.qmp_path = os.path.join(self.workdir, "qmp.sock")
+        self.status_path = os.path.join(self.workdir, "uffd-status")
+        self.stderr_path = os.path.join(self.workdir, "qemu.stderr")
         self.ram_path = create_ram_file(self.ram_bytes, self.ram_dir)
         self._ram_linked = True
         argv = [
@@ -183,7 +188,16 @@ class TrackedQemu:
             self._ram_linked = False
 
     def close(self) -> None:
-        """Stop QEMU and remove everything it and this object made."""
+        """Stop QEMU and remove everything it and this object made (again: no-op)."""
+        try:
+            self._stop_qemu()
+        finally:
+            self._release_ram()
+            self._unlink_ram()
+            if self.workdir is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _stop_qemu(self) -> None:
         if self.scanner is not None:
             self.scanner.close()
             self.scanner = None
@@ -200,17 +214,18 @@ class TrackedQemu:
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
+
+    def _release_ram(self) -> None:
+        # Views a caller still holds keep the mapping alive; it goes with the
+        # last of them (the file is unlinked already, so nothing stays behind).
         if self._view is not None:
-            self._view.release()
+            with contextlib.suppress(BufferError):
+                self._view.release()
             self._view = None
         if self._map is not None:
-            # Views a caller still holds keep the mapping alive; it goes with
-            # the last of them (the file is unlinked already).
             with contextlib.suppress(BufferError):
                 self._map.close()
             self._map = None
-        self._unlink_ram()
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> TrackedQemu:
         self.start()

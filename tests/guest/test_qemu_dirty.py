@@ -367,3 +367,4 @@ def test_a_scan_of_a_stopped_tracker_is_refused():
     with pytest.raises(TrackedQemuError, match="not running"):
         vm.collect_dirty()
     vm.close()
+    assert vm.workdir is None  # nothing was made
