@@ -43,3 +43,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/col
     .venv/bin/python -m pip install -q -e ".[test]"
     echo "$want" > "$stamp"
 fi
+
+# The helper preloaded into QEMU to track its RAM's dirty pages (cached).
+bash tools/qemu_dirty/build.sh >/dev/null
