@@ -32,6 +32,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from colonet.errors import ColonetError
 from colonet.guest.base import DeviceSection
+from colonet.guest.qemu_tracked import quit_qemu
 from colonet.guest.registry import GuestKind, GuestOption, GuestSettings
 from colonet.net.owner import die_with_parent
 
@@ -153,19 +154,8 @@ class QemuGuest:
         self._cmd("announce-self", initial=50, max=550, rounds=5, step=100)
 
     def shutdown(self) -> None:
-        if self.qmp is not None:
-            with contextlib.suppress(Exception):
-                self.qmp.cmd_raw("quit")
-            with contextlib.suppress(Exception):
-                self.qmp.close()
-            self.qmp = None
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        quit_qemu(self.qmp, self.proc)
+        self.qmp = self.proc = None
         with contextlib.suppress(OSError):
             for name in os.listdir(self.workdir):
                 os.unlink(os.path.join(self.workdir, name))

@@ -201,19 +201,8 @@ class TrackedQemu:
         if self.scanner is not None:
             self.scanner.close()
             self.scanner = None
-        if self.qmp is not None:
-            with contextlib.suppress(Exception):
-                self.qmp.cmd_raw("quit")
-            with contextlib.suppress(Exception):
-                self.qmp.close()
-            self.qmp = None
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        quit_qemu(self.qmp, self.proc)
+        self.qmp = self.proc = None
 
     def _release_ram(self) -> None:
         # Views a caller still holds keep the mapping alive; it goes with the
@@ -276,3 +265,18 @@ class TrackedQemu:
     @property
     def ram_pages(self) -> int:
         return self.ram_bytes // PAGE_SIZE
+
+
+def quit_qemu(qmp: QEMUMonitorProtocol | None, proc: subprocess.Popen | None) -> None:
+    """Ask QEMU to quit over QMP, then reap it (killed after 5 s)."""
+    if qmp is not None:
+        with contextlib.suppress(Exception):
+            qmp.cmd_raw("quit")
+        with contextlib.suppress(Exception):
+            qmp.close()
+    if proc is not None:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
