@@ -33,6 +33,7 @@ PURE_MODULES = (
     "colonet.checkpoint.auth",
     "colonet.control.protocol",
     "colonet.guest.base",
+    "colonet.guest.qemu_cmdline",
     "colonet.guest.dirty_scan",
     "colonet.demo.consistency",
 )
