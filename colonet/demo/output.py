@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 from colonet.errors import UsageError
@@ -66,20 +67,36 @@ def save_run(out_dir: str, events: list[dict[str, Any]], summary: dict[str, Any]
 
 
 def _write_log(out_dir: str, ordered: list[dict[str, Any]]) -> str:
+    def write(path: str) -> None:
+        with open(path, "w") as f:
+            for event in ordered:
+                f.write(json.dumps(event) + "\n")
+
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, RUN_LOG)
-    with open(path, "w") as f:
-        for event in ordered:
-            f.write(json.dumps(event) + "\n")
-    return path
+    return _replace(out_dir, RUN_LOG, write)
 
 
 def _draw(out_dir: str, ordered: list[dict[str, Any]]) -> str:
     from colonet.demo.report import render  # matplotlib: only when drawing
 
-    path = os.path.join(out_dir, TIMELINE)
-    render(ordered, path)
-    return path
+    return _replace(out_dir, TIMELINE, lambda path: render(ordered, path))
+
+
+def _replace(out_dir: str, name: str, write: Callable[[str], None]) -> str:
+    """Write `name` in `out_dir` through a new temporary file renamed over it:
+    a symlink planted at `name` is replaced, never written through, and a
+    reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=os.path.splitext(name)[1], dir=out_dir)
+    os.close(fd)
+    try:
+        write(tmp)
+        path = os.path.join(out_dir, name)
+        os.replace(tmp, path)
+        return path
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _reason(exc: Exception) -> str:

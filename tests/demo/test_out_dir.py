@@ -149,6 +149,22 @@ def test_a_write_that_fails_after_the_run_is_reported_not_raised(tmp_path):
     }
 
 
+def test_the_run_files_replace_a_planted_symlink_never_write_through_it(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    victim.chmod(0o644)
+    for name in ("run.jsonl", "timeline.png"):
+        (out / name).symlink_to(victim)
+    saved = save_run(str(out), recorded_run(), {"verdict": "pass"})
+    assert "write_error" not in saved
+    assert victim.read_text() == "precious"
+    for name in ("run.jsonl", "timeline.png"):
+        assert not (out / name).is_symlink() and (out / name).stat().st_size > 0
+    assert sorted(p.name for p in out.iterdir()) == ["run.jsonl", "timeline.png"]
+
+
 def summary(verdict: str, **more: Any) -> dict[str, Any]:
     """A run's summary as run_once returns it (every key print_summary reads)."""
     keys = [
