@@ -15,7 +15,7 @@ from colonet.errors import UsageError
 from colonet.net.privilege import require_net_admin
 from colonet.node.config import FilterConfig, parse_address
 from colonet.node.filter_node import run_filter_node
-from colonet.node.workdir import sweep_stale_workdirs
+from colonet.workdir import sweep_stale_workdirs
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -235,7 +235,7 @@ def format_status(status: FilterSetStatus) -> str:
 def _cleanup(args: argparse.Namespace) -> int:
     require_net_admin("colonet cleanup")
     removed = registry.cleanup_all(force=args.force)
-    removed += [f"directory {path} of a dead primary" for path in sweep_stale_workdirs()]
+    removed += [f"directory {path} of a dead colonet" for path in sweep_stale_workdirs()]
     if args.json:
         print(json.dumps({"ok": True, "result": {"removed": removed}}))
     else:

@@ -35,6 +35,7 @@ from colonet.demo.consistency import check
 from colonet.demo.output import prepare_out_dir, save_run
 from colonet.errors import ColonetError
 from colonet.net.topology import Topology, run_prefix
+from colonet.workdir import sweep_stale_workdirs
 
 REPLICATION_PORT = 7400
 PRIMARY_SOCKET, SECONDARY_SOCKET = "primary.sock", "secondary.sock"
@@ -214,6 +215,8 @@ def run_once(config: DemoConfig, out: TextIO | None = None) -> dict[str, Any]:
             proc.stop()
         topo.destroy()
         shutil.rmtree(tmpdir, ignore_errors=True)
+        # The primary was SIGKILLed: its (and its QEMU's) private dirs are ours to sweep.
+        sweep_stale_workdirs()
     summary = _summary(config, primary, secondary, client, killed_at, held)
     if config.out_dir:
         summary |= save_run(

@@ -41,7 +41,7 @@ from colonet.node.engine_control import EngineControl
 from colonet.node.events import EventSink
 from colonet.node.filter_process import FilterProcess
 from colonet.node.metrics import EngineMetrics, serve_metrics
-from colonet.node.workdir import Workdir, sweep_stale_workdirs
+from colonet.workdir import Workdir, sweep_stale_workdirs
 
 
 def stats_json(stats: CheckpointStats) -> dict[str, Any]:
@@ -135,7 +135,7 @@ class PrimaryNode:
         if security.mode == "none":
             self.events.warn(UNPROTECTED_WARNING)
         guest = make_guest(node.guest_kind, dataclasses.replace(node.guest, netdevs=config.netdevs))
-        sweep_stale_workdirs()  # what SIGKILLed primaries left
+        sweep_stale_workdirs()  # what SIGKILLed colonets (and their QEMUs) left
         workdir = Workdir()
         filt: FilterProcess | None = None
         control: EngineControl | None = None

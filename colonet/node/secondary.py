@@ -34,6 +34,7 @@ from colonet.node.config import SecondaryConfig
 from colonet.node.engine_control import EngineControl
 from colonet.node.events import EventSink
 from colonet.node.metrics import serve_metrics
+from colonet.workdir import sweep_stale_workdirs
 
 log = logging.getLogger("colonet.secondary")
 
@@ -130,6 +131,7 @@ class SecondaryNode:
 
     def _serve_then_take_over(self) -> int:
         node = self.config.node
+        sweep_stale_workdirs()  # what SIGKILLed colonets (and their QEMUs) left
         if self.config.takeover:
             # Everything a takeover needs is checked now, not when the primary
             # is gone: a typo found then would leave the guest running nowhere.

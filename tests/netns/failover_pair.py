@@ -18,6 +18,7 @@ from colonet.demo.actors import Client, EventProcess
 from colonet.demo.consistency import Reply
 from colonet.demo.run import PRIMARY_SOCKET, SECONDARY_SOCKET, DemoConfig, start_pair
 from colonet.net.topology import Topology, run_prefix
+from colonet.workdir import sweep_stale_workdirs
 from tests.control.raw import raw_request as request
 
 
@@ -83,3 +84,4 @@ class FailoverPair:
             proc.stop()
         self.topo.destroy()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        sweep_stale_workdirs()  # a killed primary's dirs
