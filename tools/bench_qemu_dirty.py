@@ -42,7 +42,8 @@ if str(REPO) not in sys.path:
 from colonet.guest.counter_store import REPLY, REQUEST  # noqa: E402
 from colonet.guest.dirty_scan import BruteForceDiffer  # noqa: E402
 from colonet.guest.qemu import build_guest  # noqa: E402
-from colonet.guest.qemu_tracked import TrackedQemu  # noqa: E402
+from colonet.guest.qemu_tracked import TrackedQemu, TrackedQemuError  # noqa: E402
+from colonet.guest.qmp_io import wait_for_console  # noqa: E402
 from colonet.guest.uffd_shim import build_shim  # noqa: E402
 
 READY = "counter_service: listening"
@@ -50,37 +51,6 @@ READY = "counter_service: listening"
 
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000
-
-
-def _wait_for(path: str, marker: str, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(FileNotFoundError), open(path, errors="replace") as f:
-            if marker in f.read():
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"the guest did not print {marker!r} within {timeout_s} s")
-
-
-def _save_devices(vm: TrackedQemu) -> int:
-    """Device state without the shared RAM, into a socket; its size."""
-    path = os.path.join(vm.workdir, "migrate.sock")
-    size = 0
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-        listener.bind(path)
-        listener.listen(1)
-        listener.settimeout(30)
-        vm.cmd("migrate", uri=f"unix:{path}")
-        conn, _ = listener.accept()
-        with conn:
-            while chunk := conn.recv(1 << 20):
-                size += len(chunk)
-    while (status := vm.cmd("query-migrate").get("status")) != "completed":
-        if status in ("failed", "cancelled"):
-            raise SystemExit(f"device-state migration {status}")
-        time.sleep(0.001)
-    os.unlink(path)
-    return size
 
 
 class Load:
@@ -172,7 +142,7 @@ def measure(ram_mib: int, args: argparse.Namespace, kernel: str, initrd: str, sh
             capabilities=[{"capability": "x-ignore-shared", "state": True}],
         )
         vm.cmd("migrate-set-parameters", **{"max-bandwidth": 64 << 30})
-        _wait_for(serial, READY)
+        wait_for_console(serial, READY, 300, TrackedQemuError)
         if args.load_rps:
             load = Load(port, args.load_rps)
         time.sleep(args.settle_s)
@@ -199,7 +169,7 @@ def measure(ram_mib: int, args: argparse.Namespace, kernel: str, initrd: str, sh
             rows["missed"].append(len(set(changed) - set(written)))
             rows["pages"].append(len(written))
             started = time.perf_counter()
-            rows["dev_bytes"].append(_save_devices(vm))
+            rows["dev_bytes"].append(len(vm.save_devices()))
             rows["dev_ms"].append(_ms(started))
             started = time.perf_counter()
             vm.resume()

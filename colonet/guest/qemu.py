@@ -16,13 +16,10 @@ protocol).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
-import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,9 +29,16 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from colonet.errors import ColonetError
 from colonet.guest.base import DeviceSection
-from colonet.guest.qemu_tracked import quit_qemu
+from colonet.guest.qmp_io import (
+    migrate_out,
+    qmp_command,
+    quit_qemu,
+    wait_for_console,
+    wait_migration,
+)
 from colonet.guest.registry import GuestKind, GuestOption, GuestSettings
 from colonet.net.owner import die_with_parent
+from colonet.workdir import QEMU_PREFIX, Workdir
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +97,10 @@ class QemuGuest:
 
     def __init__(self, config: QemuGuestConfig) -> None:
         self.config = config
-        self.workdir = tempfile.mkdtemp(prefix="colonet-qemu-")
-        self.qmp_path = os.path.join(self.workdir, "qmp.sock")
+        # Removed by shutdown(); by the next colonet's sweep if we are killed.
+        self._workdir = Workdir(QEMU_PREFIX)
+        self.workdir = self._workdir.path
+        self.qmp_path = self._workdir.join("qmp.sock")
         self.proc: subprocess.Popen | None = None
         self.qmp: QEMUMonitorProtocol | None = None
         self._ram = bytearray(PAGE_SIZE)
@@ -156,10 +162,7 @@ class QemuGuest:
     def shutdown(self) -> None:
         quit_qemu(self.qmp, self.proc)
         self.qmp = self.proc = None
-        with contextlib.suppress(OSError):
-            for name in os.listdir(self.workdir):
-                os.unlink(os.path.join(self.workdir, name))
-            os.rmdir(self.workdir)
+        self._workdir.remove()
 
     # -- QEMU -------------------------------------------------------------
 
@@ -218,58 +221,23 @@ class QemuGuest:
         marker = self.config.ready_marker
         if marker is None:
             return
-        serial = os.path.join(self.workdir, "serial.log")
-        deadline = time.monotonic() + self.config.boot_timeout_s
-        while time.monotonic() < deadline:
-            with contextlib.suppress(FileNotFoundError), open(serial, errors="replace") as f:
-                if marker in f.read():
-                    return
+
+        def alive() -> None:
             if self.proc is not None and self.proc.poll() is not None:
                 raise QemuError(f"QEMU exited with {self.proc.returncode} while booting")
-            time.sleep(0.1)
-        raise QemuError(
-            f"the guest did not print {marker!r} on its console within "
-            f"{self.config.boot_timeout_s} s"
-        )
+
+        serial = os.path.join(self.workdir, "serial.log")
+        wait_for_console(serial, marker, self.config.boot_timeout_s, QemuError, alive)
 
     def _cmd(self, name: str, **args: object) -> object:
-        if self.qmp is None:
-            raise QemuError(f"QMP {name}: QEMU is not running")
-        reply = self.qmp.cmd_raw(name, dict(args) or None)
-        if "error" in reply:
-            error = reply["error"]
-            raise QemuError(f"QMP {name} failed: {error.get('desc', error)}")
-        return reply.get("return")
+        return qmp_command(self.qmp, name, args, QemuError)
 
     def _migrate_out(self) -> bytes:
         path = os.path.join(self.workdir, "migrate.sock")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-            listener.bind(path)
-            listener.listen(1)
-            listener.settimeout(self.config.start_timeout_s)
-            self._cmd("migrate", uri=f"unix:{path}")
-            conn, _ = listener.accept()
-            with conn:
-                chunks = []
-                while chunk := conn.recv(1 << 20):
-                    chunks.append(chunk)
-        self._wait_migration("outgoing")
-        return b"".join(chunks)
+        return migrate_out(self._cmd, path, self.config.start_timeout_s, QemuError)
 
     def _wait_migration(self, what: str) -> None:
-        deadline = time.monotonic() + self.config.start_timeout_s
-        while True:
-            status = self._cmd("query-migrate")
-            state = status.get("status") if isinstance(status, dict) else None
-            if state == "completed":
-                return
-            if state in ("failed", "cancelled"):
-                raise QemuError(f"{what} migration {state}: {status.get('error-desc', '')}")
-            if time.monotonic() > deadline:
-                raise QemuError(f"{what} migration did not complete (status {state})")
-            time.sleep(0.002)
+        wait_migration(self._cmd, what, self.config.start_timeout_s, QemuError)
 
 
 def _config(settings: GuestSettings) -> QemuGuestConfig:

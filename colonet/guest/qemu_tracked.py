@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -33,8 +32,10 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from colonet.errors import ColonetError
 from colonet.guest.pagemap import PAGE_SIZE, PagemapScanner, find_mappings
+from colonet.guest.qmp_io import migrate_out, qmp_command, quit_qemu
 from colonet.guest.uffd_shim import SHIM_EXIT_CODE, ShimError, preload_env, read_status
 from colonet.net.owner import die_with_parent
+from colonet.workdir import TRACKED_QEMU_PREFIX, Workdir
 
 BACKEND_ID = "colonet-ram"
 
@@ -91,6 +92,7 @@ class TrackedQemu:
         self.start_timeout_s = start_timeout_s
         # Made by start(): the QMP socket, the helper's status, QEMU's stderr.
         self.workdir: str | None = None
+        self._workdir: Workdir | None = None
         self.qmp_path = self.status_path = self.stderr_path = ""
         self.ram_path: str | None = None  # kept after unlinking, for messages
         self._ram_linked = False
@@ -114,10 +116,11 @@ class TrackedQemu:
     def _start(self) -> None:
         if self.workdir is not None:
             raise TrackedQemuError("this QEMU was started already")
-        self.workdir = tempfile.mkdtemp(prefix="colonet-tracked-")
-        self.qmp_path = os.path.join(self.workdir, "qmp.sock")
-        self.status_path = os.path.join(self.workdir, "uffd-status")
-        self.stderr_path = os.path.join(self.workdir, "qemu.stderr")
+        self._workdir = Workdir(TRACKED_QEMU_PREFIX)  # swept if we are killed
+        self.workdir = self._workdir.path
+        self.qmp_path = self._workdir.join("qmp.sock")
+        self.status_path = self._workdir.join("uffd-status")
+        self.stderr_path = self._workdir.join("qemu.stderr")
         self.ram_path = create_ram_file(self.ram_bytes, self.ram_dir)
         self._ram_linked = True
         argv = [
@@ -194,8 +197,8 @@ class TrackedQemu:
         finally:
             self._release_ram()
             self._unlink_ram()
-            if self.workdir is not None:
-                shutil.rmtree(self.workdir, ignore_errors=True)
+            if self._workdir is not None:
+                self._workdir.remove()
 
     def _stop_qemu(self) -> None:
         if self.scanner is not None:
@@ -250,13 +253,14 @@ class TrackedQemu:
         self.cmd("cont")
 
     def cmd(self, name: str, **args: object) -> object:
-        if self.qmp is None:
-            raise TrackedQemuError(f"QMP {name}: QEMU is not running")
-        reply = self.qmp.cmd_raw(name, dict(args) or None)
-        if "error" in reply:
-            error = reply["error"]
-            raise TrackedQemuError(f"QMP {name} failed: {error.get('desc', error)}")
-        return reply.get("return")
+        return qmp_command(self.qmp, name, args, TrackedQemuError)
+
+    def save_devices(self) -> bytes:
+        """Device state without the shared RAM (needs `x-ignore-shared` set),
+        by migration into a socket in the workdir (VM paused)."""
+        assert self._workdir is not None
+        path = self._workdir.join("migrate.sock")
+        return migrate_out(self.cmd, path, self.start_timeout_s, TrackedQemuError)
 
     @property
     def page_size(self) -> int:
@@ -265,18 +269,3 @@ class TrackedQemu:
     @property
     def ram_pages(self) -> int:
         return self.ram_bytes // PAGE_SIZE
-
-
-def quit_qemu(qmp: QEMUMonitorProtocol | None, proc: subprocess.Popen | None) -> None:
-    """Ask QEMU to quit over QMP, then reap it (killed after 5 s)."""
-    if qmp is not None:
-        with contextlib.suppress(Exception):
-            qmp.cmd_raw("quit")
-        with contextlib.suppress(Exception):
-            qmp.close()
-    if proc is not None:
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

@@ -29,6 +29,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from colonet.guest.counter_store import REPLY, REQUEST
 from colonet.guest.pagemap import PAGE_SIZE
 from colonet.guest.qemu_tracked import TrackedQemu, TrackedQemuError, shared_ram_args
+from colonet.guest.qmp_io import wait_for_console, wait_migration
 from colonet.guest.uffd_shim import ShimError, build_shim
 
 RAM_MIB = 128
@@ -160,39 +161,7 @@ class Counter:
 
 
 def _wait_for(path: str, marker: str, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(FileNotFoundError), open(path, errors="replace") as f:
-            if marker in f.read():
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"{marker!r} never appeared in {path}")
-
-
-def _wait_migration(cmd) -> None:
-    deadline = time.monotonic() + 30
-    while (status := cmd("query-migrate").get("status")) != "completed":
-        assert status not in ("failed", "cancelled"), cmd("query-migrate")
-        assert time.monotonic() < deadline, status
-        time.sleep(0.002)
-
-
-def _save_devices(vm: TrackedQemu) -> bytes:
-    """QEMU's state without its shared RAM (x-ignore-shared), into a socket."""
-    path = os.path.join(vm.workdir, "migrate.sock")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-        listener.bind(path)
-        listener.listen(1)
-        listener.settimeout(30)
-        vm.cmd("migrate", uri=f"unix:{path}")
-        conn, _ = listener.accept()
-        with conn:
-            chunks = []
-            while chunk := conn.recv(1 << 20):
-                chunks.append(chunk)
-    _wait_migration(vm.cmd)
-    os.unlink(path)
-    return b"".join(chunks)
+    wait_for_console(path, marker, timeout_s, TrackedQemuError)
 
 
 @pytest.mark.qemu
@@ -233,7 +202,7 @@ def test_dirty_pages_and_device_state_restore_the_guest_exactly(qemu_available, 
     vm.collect_dirty()
     with open(cache_path, "wb") as f:
         f.write(vm.ram_view())
-    _save_devices(vm)
+    vm.save_devices()
     vm.resume()
 
     for _ in range(7):
@@ -246,7 +215,7 @@ def test_dirty_pages_and_device_state_restore_the_guest_exactly(qemu_available, 
             cache[p * PAGE_SIZE : (p + 1) * PAGE_SIZE] = ram[p * PAGE_SIZE : (p + 1) * PAGE_SIZE]
         assert hashlib.sha256(cache).digest() == hashlib.sha256(ram).digest()
     del ram
-    devices = _save_devices(vm)
+    devices = vm.save_devices()
     assert len(devices) < 4 << 20, "RAM stayed out of the device state"
     assert 0 < len(dirty) < 4096, "a few requests dirty a few pages, not all of RAM"
     vm.resume()
@@ -290,7 +259,7 @@ def test_dirty_pages_and_device_state_restore_the_guest_exactly(qemu_available, 
 
     cmd("migrate-set-capabilities", capabilities=IGNORE_SHARED)
     cmd("migrate-incoming", uri=f"exec:cat {tmp_path / 'devices.bin'}")
-    _wait_migration(cmd)
+    wait_migration(cmd, "incoming", 30, TrackedQemuError)
     cmd("cont")
     assert counter.ask(b"GET ") == at_checkpoint
     assert counter.ask(b"INC ") == at_checkpoint + 1
