@@ -4,14 +4,12 @@ a write that fails after the run keeps the verdict and its exit code
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,6 +19,7 @@ import colonet.demo.run
 from colonet.cli.main import main
 from colonet.demo.output import prepare_out_dir, save_run
 from tests.demo.test_report_and_metrics import recorded_run
+from tests.demo.users import as_nobody
 
 
 class RunStarted(AssertionError):
@@ -35,21 +34,6 @@ def no_run(monkeypatch) -> None:  # type: ignore[no-untyped-def]
         raise RunStarted("the run started before the out dir was checked")
 
     monkeypatch.setattr(colonet.demo.run, "Topology", started)
-
-
-@contextlib.contextmanager
-def as_nobody() -> Iterator[None]:
-    """Lose root's power to write anywhere, for the length of the block."""
-    if os.geteuid() != 0:
-        yield
-        return
-    os.setegid(65534)
-    os.seteuid(65534)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-        os.setegid(0)
 
 
 def _demo(out_dir: str, capsys) -> tuple[int, str]:  # type: ignore[no-untyped-def]

@@ -3,12 +3,9 @@ No root: pure inputs, loopback HTTP."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import socket
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -20,6 +17,7 @@ from colonet.demo.report import render
 from colonet.demo.run_log import load_events
 from colonet.errors import UsageError
 from colonet.node.metrics import EngineMetrics, FilterCollector, serve_metrics
+from tests.demo.users import as_nobody
 
 T0 = 1_800_000_000.0
 
@@ -123,21 +121,6 @@ def test_report_names_the_file_and_line_of_a_malformed_log(tmp_path, capsys, con
     assert code == 2
     assert f"colonet: error: {log}{fault}" in err
     assert not out.exists()
-
-
-@contextlib.contextmanager
-def as_nobody() -> Iterator[None]:
-    """Lose root's power to read anything, for the length of the block."""
-    if os.geteuid() != 0:
-        yield
-        return
-    os.setegid(65534)
-    os.seteuid(65534)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-        os.setegid(0)
 
 
 def test_report_on_what_is_not_a_readable_file_names_it(tmp_path, capsys):
