@@ -70,10 +70,6 @@ def peer_credentials(conn: socket.socket) -> tuple[int, int]:
     return pid, uid
 
 
-def peer_uid(conn: socket.socket) -> int:
-    return peer_credentials(conn)[1]
-
-
 def _refuse(conn: socket.socket, error: ControlSocketError) -> None:
     """Answer once, without blocking, and close: a fresh socket's buffer takes a
     short line, and a client that cannot take it loses nothing it was owed."""
